@@ -1,0 +1,148 @@
+"""One settings object for the operator, read once at start from the environment.
+
+Variable names are the seeds' own (ENABLE_AUTHORIZATION, TENANT_ID, ...);
+everything else is prefixed ``SECRETGRANTS_``. ``main`` maps these onto kopf's
+``OperatorSettings`` in one place (the handlers' startup hook).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+__all__ = ["PDPKind", "Settings", "VaultAuthMethod"]
+
+
+class PDPKind(StrEnum):
+    BUILTIN = "builtin"
+    AUTHZEN = "authzen"
+    OPA = "opa"
+
+
+class VaultAuthMethod(StrEnum):
+    TOKEN = "token"
+    APPROLE = "approle"
+    KUBERNETES = "kubernetes"
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """The operator's configuration. Secrets (tokens, salts) are ``SecretStr``: never printed."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    dev_mode: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("SECRETGRANTS_DEV_MODE", "dev_mode"),
+        description="Development mode: YAML provider writes, /events and /audit diagnostics.",
+    )
+    # --- authorization and guards (seed names) ---
+    enable_authorization: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("ENABLE_AUTHORIZATION", "enable_authorization"),
+        description="Ask the PDP for every grant. false is a development-only choice, logged loudly.",
+    )
+    tenant_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("TENANT_ID", "tenant_id")
+    )
+    tenant_allowed_mounts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("TENANT_ALLOWED_MOUNTS", "tenant_allowed_mounts"),
+        description="Comma-separated mounts (optionally provider-qualified) for the env tenant.",
+    )
+    tenant_salt: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("TENANT_SALT", "tenant_salt")
+    )
+    # --- API surface (seed names) ---
+    secrets_audience: str = Field(
+        default="crud.secrets", validation_alias=AliasChoices("SECRETS_AUDIENCE", "secrets_audience")
+    )
+    secrets_api_require_auth: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("SECRETS_API_REQUIRE_AUTH", "secrets_api_require_auth"),
+    )
+    secrets_enforce_scopes: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("SECRETS_ENFORCE_SCOPES", "secrets_enforce_scopes"),
+    )
+    # --- providers ---
+    vault_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("VAULT_URL", "VAULT_ADDR", "vault_url")
+    )
+    vault_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("VAULT_TOKEN", "vault_token")
+    )
+    vault_auth_method: VaultAuthMethod = Field(
+        default=VaultAuthMethod.TOKEN,
+        validation_alias=AliasChoices("VAULT_AUTH_METHOD", "vault_auth_method"),
+    )
+    vault_role_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("VAULT_ROLE_ID", "vault_role_id")
+    )
+    vault_secret_id: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("VAULT_SECRET_ID", "vault_secret_id")
+    )
+    vault_kubernetes_role: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("VAULT_KUBERNETES_ROLE", "vault_kubernetes_role"),
+    )
+    vault_kubernetes_mount: str = Field(
+        default="kubernetes",
+        validation_alias=AliasChoices("VAULT_KUBERNETES_MOUNT", "vault_kubernetes_mount"),
+    )
+    vault_namespace: str | None = Field(
+        default=None, validation_alias=AliasChoices("VAULT_NAMESPACE", "vault_namespace")
+    )
+    openbao_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENBAO_URL", "BAO_ADDR", "openbao_url")
+    )
+    openbao_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENBAO_TOKEN", "BAO_TOKEN", "openbao_token")
+    )
+    yaml_vault_path: Path | None = Field(
+        default=None, validation_alias=AliasChoices("YAML_VAULT_PATH", "yaml_vault_path")
+    )
+    provider_timeout_seconds: float = Field(
+        default=5.0,
+        validation_alias=AliasChoices("SECRETGRANTS_PROVIDER_TIMEOUT", "provider_timeout_seconds"),
+    )
+    # --- PDP ---
+    pdp_kind: PDPKind = Field(
+        default=PDPKind.BUILTIN, validation_alias=AliasChoices("SECRETGRANTS_PDP", "pdp_kind")
+    )
+    pdp_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("SECRETGRANTS_PDP_URL", "pdp_url")
+    )
+    pdp_timeout_seconds: float = Field(
+        default=2.0,
+        validation_alias=AliasChoices("SECRETGRANTS_PDP_TIMEOUT", "pdp_timeout_seconds"),
+    )
+    opa_decision_path: str = Field(
+        default="secretgrants/authz",
+        validation_alias=AliasChoices("SECRETGRANTS_OPA_PATH", "opa_decision_path"),
+    )
+    policy_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETGRANTS_POLICY_FILE", "policy_file"),
+        description="Rules of the built-in PDP (YAML).",
+    )
+    # --- operator ---
+    namespace: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETGRANTS_NAMESPACE", "namespace"),
+        description="Watch one namespace only; all namespaces when unset.",
+    )
+
+    @field_validator("tenant_allowed_mounts", mode="before")
+    @classmethod
+    def _split_mounts(cls, value: object) -> object:
+        return _split(value)

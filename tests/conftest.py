@@ -1,0 +1,104 @@
+"""Shared fixtures: the real servers, started once per session on 127.0.0.1.
+
+What goes in: ``tests/unit`` needs no server and runs in seconds; ``tests/e2e``
+uses the fixtures below. Every server is a real binary from ``hack/tools.sh``:
+a missing binary is an error, never a skip.
+
+``--kubeconfig PATH`` (or ``SECRETGRANTS_E2E_KUBECONFIG``) runs the e2e tests
+against an existing cluster instead of the local control plane.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from secretgrants.devenv import LocalControlPlane, OPAServer, VaultDevServer
+from secretgrants.devenv.processes import binary
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kubeconfig",
+        default=os.environ.get("SECRETGRANTS_E2E_KUBECONFIG"),
+        help="run e2e tests against this cluster instead of a local control plane",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.e2e)
+
+
+@dataclass
+class Cluster:
+    """What e2e tests need of a cluster, local or given."""
+
+    kubeconfig: Path
+    local: LocalControlPlane | None
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(binary("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
+        return proc
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    given = request.config.getoption("--kubeconfig")
+    if given:
+        yield Cluster(kubeconfig=Path(given), local=None)
+        return
+    plane = LocalControlPlane(tmp_path_factory.mktemp("kube"))
+    plane.start()
+    try:
+        yield Cluster(kubeconfig=plane.kubeconfig, local=plane)
+    finally:
+        plane.stop()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting)."""
+    name = f"sg-test-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultDevServer]:
+    server = VaultDevServer(tmp_path_factory.mktemp("vault")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OPAServer]:
+    server = OPAServer(workdir=tmp_path_factory.mktemp("opa")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

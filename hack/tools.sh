@@ -44,13 +44,19 @@ timed() { # timed LABEL CMD...
 }
 
 build_k8s() {
-  local key="$KUBERNETES_VERSION/$ETCD_VERSION/$(key_of "$ROOT/hack/tools/k8s/go.mod" "$ROOT/hack/tools/k8s/go.sum" "$ROOT/hack/tools/k8s/etcd/main.go")"
+  local minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
+  local vpkg ldflags=""
+  for vpkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $vpkg.gitVersion=$KUBERNETES_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor"
+    ldflags+=" -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  local key="$KUBERNETES_VERSION/$ETCD_VERSION/ldflags2/$(key_of "$ROOT/hack/tools/k8s/go.mod" "$ROOT/hack/tools/k8s/go.sum" "$ROOT/hack/tools/k8s/etcd/main.go")"
   fresh kubernetes "$key" kube-apiserver kube-controller-manager kubectl etcd && return 0
   need_go
   grep -q "k8s.io/kubernetes $KUBERNETES_VERSION" "$ROOT/hack/tools/k8s/go.mod" \
     || { say "hack/tools/k8s/go.mod does not pin $KUBERNETES_VERSION: run hack/tools.sh gen"; exit 1; }
   timed "kube-apiserver, kube-controller-manager, kubectl $KUBERNETES_VERSION and etcd $ETCD_VERSION" \
-    bash -c "cd '$ROOT/hack/tools/k8s' && go build -o '$BIN/' k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl ./etcd"
+    bash -c "cd '$ROOT/hack/tools/k8s' && go build -ldflags='$ldflags' -o '$BIN/' k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl ./etcd"
   stamp kubernetes "$key"
 }
 

@@ -102,3 +102,13 @@ def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OPAServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> None:
+    """The CRDs from crds/, applied and established."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "crds"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/secretgrantrequests.secretgrants.io", "crd/secrettenants.secretgrants.io",
+    )

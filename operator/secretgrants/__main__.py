@@ -1,0 +1,3 @@
+from secretgrants.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""The ``secretgrants`` command: run the operator, the local default, the PDP, and tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from secretgrants.api.crdgen import all_crds, crd_documents, render
+
+    if args.write:
+        out = Path(args.write)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in crd_documents().items():
+            (out / name).write_text(text)
+            print(f"wrote {out / name}", file=sys.stderr)
+    else:
+        sys.stdout.write(render(all_crds()))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from secretgrants.runner import run_operator
+
+    return run_operator(
+        namespace=args.namespace,
+        liveness=args.liveness,
+        verbose=args.verbose,
+    )
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from secretgrants.dev import run_dev
+
+    return run_dev(workdir=Path(args.workdir) if args.workdir else None, provider=args.provider)
+
+
+def _cmd_pdp_serve(args: argparse.Namespace) -> int:
+    from secretgrants.policy.server import serve
+
+    asyncio.run(serve(Path(args.policy), host=args.host, port=args.port))  # type: ignore[func-returns-value]
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="secretgrants",
+        description="Purpose-bound, short-lived secret grants for Kubernetes pods.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig context")
+    run.add_argument("--namespace", "-n", help="watch one namespace (default: all)")
+    run.add_argument(
+        "--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL"
+    )
+    run.add_argument("--verbose", "-v", action="store_true")
+    run.set_defaults(func=_cmd_run)
+
+    dev = sub.add_parser(
+        "dev",
+        help="the local default: local control plane, Vault dev server, built-in PDP, operator",
+    )
+    dev.add_argument("--workdir", help="keep state here (default: a temp folder)")
+    dev.add_argument("--provider", choices=["vault", "yaml"], default="vault")
+    dev.set_defaults(func=_cmd_dev)
+
+    crds = sub.add_parser("crds", help="print the CRDs generated from the API models")
+    crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR")
+    crds.set_defaults(func=_cmd_crds)
+
+    pdp = sub.add_parser("pdp", help="policy decision point tools")
+    pdp_sub = pdp.add_subparsers(dest="pdp_command", required=True)
+    serve = pdp_sub.add_parser("serve", help="serve the built-in policy as an AuthZEN endpoint")
+    serve.add_argument("--policy", required=True, help="the built-in policy file (YAML)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8181)
+    serve.set_defaults(func=_cmd_pdp_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

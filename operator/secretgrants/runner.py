@@ -1,0 +1,24 @@
+"""Start kopf with the handlers registered, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+
+import kopf
+
+__all__ = ["run_operator"]
+
+
+def run_operator(*, namespace: str | None, liveness: str | None, verbose: bool = False) -> int:
+    import secretgrants.handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=verbose)
+    asyncio.run(
+        kopf.operator(
+            clusterwide=namespace is None,
+            namespaces=[namespace] if namespace else [],
+            standalone=True,
+            liveness_endpoint=liveness,
+        )
+    )
+    return 0

@@ -112,3 +112,71 @@ def crds(cluster: Cluster) -> None:
         "wait", "--for=condition=Established", "--timeout=60s",
         "crd/secretgrantrequests.secretgrants.io", "crd/secrettenants.secretgrants.io",
     )
+
+
+@dataclass
+class OperatorProcess:
+    """The operator, run as users run it (``secretgrants run``), against the test cluster."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    health_url: str
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_operator(
+    kubeconfig: Path, workdir: Path, env: dict[str, str] | None = None
+) -> OperatorProcess:
+    import sys
+
+    import httpx
+
+    from secretgrants.devenv import free_port
+    from secretgrants.devenv.processes import wait_until
+
+    port = free_port()
+    log_path = workdir / f"operator-{port}.log"
+    health = f"http://127.0.0.1:{port}/healthz"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "secretgrants", "run", f"--liveness={health}", "--verbose"],
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})},
+        start_new_session=True,
+    )
+    op = OperatorProcess(proc, log_path, health)
+    try:
+        wait_until(
+            lambda: proc.poll() is None and httpx.get(health, timeout=1).status_code == 200,
+            timeout=60,
+            what="the operator's liveness endpoint",
+        )
+    except TimeoutError as err:
+        proc.kill()
+        raise AssertionError(f"operator did not start:\n{op.log()[-3000:]}") from err
+    return op
+
+
+def stop_operator(op: OperatorProcess) -> None:
+    import signal
+
+    if op.proc.poll() is None:
+        os.killpg(op.proc.pid, signal.SIGTERM)
+        try:
+            op.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(op.proc.pid, signal.SIGKILL)
+            op.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    op = start_operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator"))
+    try:
+        yield op
+    finally:
+        stop_operator(op)

@@ -62,7 +62,9 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
     given = request.config.getoption("--kubeconfig")
     if given:
         yield Cluster(kubeconfig=Path(given), local=None)
@@ -109,8 +111,11 @@ def crds(cluster: Cluster) -> None:
     """The CRDs from crds/, applied and established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "crds"))
     cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/secretgrantrequests.secretgrants.io", "crd/secrettenants.secretgrants.io",
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/secretgrantrequests.secretgrants.io",
+        "crd/secrettenants.secretgrants.io",
     )
 
 

@@ -20,8 +20,8 @@ from secretgrants.tenancy import Tenant, TenantSource, guard, resolve_tenant
 from secretgrants.uri import SecretURI, parse_secret_uri
 
 __all__ = [
-    "GuardOutcome",
     "VOLUME_PURPOSES",
+    "GuardOutcome",
     "check_request",
     "failure_status",
     "guard_passed_status",
@@ -102,15 +102,27 @@ def failure_status(
     phase = _FAILURE_PHASE.get(error.reason, Phase.ERROR)
     conditions = parse_conditions(status)
     conditions = set_condition(
-        conditions, ConditionType.READY, ConditionStatus.FALSE, error.reason, error.message,
-        generation, at,
+        conditions,
+        ConditionType.READY,
+        ConditionStatus.FALSE,
+        error.reason,
+        error.message,
+        generation,
+        at,
     )
     if error.reason in {
-        Reason.MOUNT_NOT_ALLOWED, Reason.TENANT_NOT_FOUND, Reason.TENANT_CONFLICT,
+        Reason.MOUNT_NOT_ALLOWED,
+        Reason.TENANT_NOT_FOUND,
+        Reason.TENANT_CONFLICT,
     }:
         conditions = set_condition(
-            conditions, ConditionType.GUARDED, ConditionStatus.FALSE, error.reason,
-            error.message, generation, at,
+            conditions,
+            ConditionType.GUARDED,
+            ConditionStatus.FALSE,
+            error.reason,
+            error.message,
+            generation,
+            at,
         )
     patch: dict[str, Any] = {
         "phase": phase.value,
@@ -135,9 +147,13 @@ def guard_passed_status(
     at = at or now()
     conditions = parse_conditions(status)
     conditions = set_condition(
-        conditions, ConditionType.GUARDED, ConditionStatus.TRUE, Reason.GUARD_PASSED,
+        conditions,
+        ConditionType.GUARDED,
+        ConditionStatus.TRUE,
+        Reason.GUARD_PASSED,
         f"mount {outcome.uri.mount_ref!r} is allowed for tenant {outcome.tenant.tenant_id!r}",
-        generation, at,
+        generation,
+        at,
     )
     conditions = set_condition(
         conditions, ConditionType.READY, ConditionStatus.FALSE, reason, message, generation, at

@@ -56,12 +56,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         log.warning("TENANT_SALT is not set: audit records carry no resource_ref")
 
 
-@kopf.index("namespaces")  # type: ignore[arg-type]
+@kopf.index("namespaces")
 def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
     return {name: dict(labels)}
 
 
-@kopf.index(*TENANTS)  # type: ignore[arg-type]
+@kopf.index(*TENANTS)
 def tenant_sources(name: str, spec: kopf.Spec, **_: Any) -> dict[str, TenantSource | None]:
     try:
         return {"all": TenantSource.from_object(name, dict(spec))}
@@ -77,13 +77,14 @@ async def reconcile_grant(
     spec: kopf.Spec,
     meta: kopf.Meta,
     status: kopf.Status,
-    namespace: str,
+    namespace: str | None,
     patch: kopf.Patch,
     memo: kopf.Memo,
-    namespace_labels: kopf.Index[str, dict[str, str]],
-    tenant_sources: kopf.Index[str, TenantSource],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
+    namespace_labels: kopf.Index[str, dict[str, str]] = kwargs["namespace_labels"]
+    tenant_sources: kopf.Index[str, TenantSource] = kwargs["tenant_sources"]
+    namespace = namespace or ""
     generation = meta.get("generation")
     labels = next(iter(namespace_labels.get(namespace, [])), {})
     fallback: Tenant | None = memo.fallback

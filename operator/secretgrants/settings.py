@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 __all__ = ["PDPKind", "Settings", "VaultAuthMethod"]
 
@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     )
     # --- API surface (seed names) ---
     secrets_audience: str = Field(
-        default="crud.secrets", validation_alias=AliasChoices("SECRETS_AUDIENCE", "secrets_audience")
+        default="crud.secrets",
+        validation_alias=AliasChoices("SECRETS_AUDIENCE", "secrets_audience"),
     )
     secrets_api_require_auth: bool = Field(
         default=True,

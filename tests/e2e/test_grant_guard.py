@@ -28,7 +28,9 @@ def tenants(cluster: Cluster) -> Iterator[list[str]]:
         cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)
 
 
-def make_tenant(cluster: Cluster, tenants: list[str], namespaces: list[str], mounts: list[str], **spec: Any) -> str:
+def make_tenant(
+    cluster: Cluster, tenants: list[str], namespaces: list[str], mounts: list[str], **spec: Any
+) -> str:
     name = f"t-{uuid.uuid4().hex[:8]}"
     apply(cluster, tenant(name, name, mounts, namespaces=namespaces, **spec))
     tenants.append(name)
@@ -46,7 +48,9 @@ def status_of(cluster: Cluster, name: str, namespace: str, phase: str) -> dict[s
     return eventually(check)
 
 
-def test_allowed_mount_passes_the_guard(cluster: Cluster, namespace: str, tenants: list[str]) -> None:
+def test_allowed_mount_passes_the_guard(
+    cluster: Cluster, namespace: str, tenants: list[str]
+) -> None:
     tid = make_tenant(cluster, tenants, [namespace], ["secret"])
     apply(cluster, grant("db", namespace, "vault+kv2://secret/payments/db#password"))
     obj = status_of(cluster, "db", namespace, "Pending")
@@ -56,7 +60,9 @@ def test_allowed_mount_passes_the_guard(cluster: Cluster, namespace: str, tenant
     assert "payments" not in str(obj["status"])  # the status never repeats the path
 
 
-def test_mount_not_allowed_is_rejected(cluster: Cluster, namespace: str, tenants: list[str]) -> None:
+def test_mount_not_allowed_is_rejected(
+    cluster: Cluster, namespace: str, tenants: list[str]
+) -> None:
     make_tenant(cluster, tenants, [namespace], ["secret"])
     apply(cluster, grant("other", namespace, "vault+kv2://finance/ledger#key"))
     obj = status_of(cluster, "other", namespace, "Rejected")
@@ -79,7 +85,9 @@ def test_provider_qualified_mount_only_allows_that_provider(
     assert condition(obj, "Ready")["reason"] == "MountNotAllowed"  # type: ignore[index]
 
 
-def test_invalid_uri_is_rejected_with_its_reason(cluster: Cluster, namespace: str, tenants: list[str]) -> None:
+def test_invalid_uri_is_rejected_with_its_reason(
+    cluster: Cluster, namespace: str, tenants: list[str]
+) -> None:
     make_tenant(cluster, tenants, [namespace], ["secret"])
     apply(cluster, grant("dots", namespace, "vault+kv2://secret/app/../admin#password"))
     obj = status_of(cluster, "dots", namespace, "Rejected")
@@ -88,7 +96,9 @@ def test_invalid_uri_is_rejected_with_its_reason(cluster: Cluster, namespace: st
     assert ".." in ready["message"]
 
 
-def test_unsupported_purpose_for_volume_delivery(cluster: Cluster, namespace: str, tenants: list[str]) -> None:
+def test_unsupported_purpose_for_volume_delivery(
+    cluster: Cluster, namespace: str, tenants: list[str]
+) -> None:
     make_tenant(cluster, tenants, [namespace], ["secret"])
     apply(cluster, grant("del", namespace, "vault+kv2://secret/app", purpose="delete"))
     obj = status_of(cluster, "del", namespace, "Rejected")
@@ -102,14 +112,18 @@ def test_namespace_claimed_by_two_tenants_is_a_conflict(
 ) -> None:
     make_tenant(cluster, tenants, [namespace], ["secret"])
     cluster.kubectl("label", "namespace", namespace, "team=both")
-    make_tenant(cluster, tenants, [], ["secret"], namespaceSelector={"matchLabels": {"team": "both"}})
+    make_tenant(
+        cluster, tenants, [], ["secret"], namespaceSelector={"matchLabels": {"team": "both"}}
+    )
     apply(cluster, grant("x", namespace, "vault+kv2://secret/app"))
     obj = status_of(cluster, "x", namespace, "Rejected")
     ready = condition(obj, "Ready")
     assert ready and ready["reason"] == "TenantConflict"
 
 
-def test_namespace_without_tenant_is_rejected(cluster: Cluster, namespace: str, tenants: list[str]) -> None:
+def test_namespace_without_tenant_is_rejected(
+    cluster: Cluster, namespace: str, tenants: list[str]
+) -> None:
     make_tenant(cluster, tenants, ["some-other-namespace"], ["secret"])
     apply(cluster, grant("y", namespace, "vault+kv2://secret/app"))
     obj = status_of(cluster, "y", namespace, "Rejected")

@@ -6,11 +6,10 @@ import json
 import time
 from pathlib import Path
 
-import hvac
 import httpx
+import hvac
 
 from secretgrants.devenv import OPAServer, VaultDevServer
-
 from tests.conftest import REPO, Cluster
 
 SECRETS_AUDIENCE = "crud.secrets"
@@ -28,7 +27,9 @@ def _retry(fn, *, timeout: float = 30.0):  # type: ignore[no-untyped-def]
 
 
 def test_crds_are_accepted_with_status_and_printer_columns(cluster: Cluster, crds: None) -> None:
-    out = json.loads(cluster.kubectl("get", "crd", "secretgrantrequests.secretgrants.io", "-o", "json").stdout)
+    out = json.loads(
+        cluster.kubectl("get", "crd", "secretgrantrequests.secretgrants.io", "-o", "json").stdout
+    )
     version = out["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
@@ -73,7 +74,13 @@ def test_token_for_the_secrets_audience_passes_review_only_for_it(
 ) -> None:
     cluster.kubectl("create", "serviceaccount", "app", "-n", namespace)
     token = cluster.kubectl(
-        "create", "token", "app", "-n", namespace, f"--audience={SECRETS_AUDIENCE}", "--duration=10m"
+        "create",
+        "token",
+        "app",
+        "-n",
+        namespace,
+        f"--audience={SECRETS_AUDIENCE}",
+        "--duration=10m",
     ).stdout.strip()
     good = _token_review(cluster, token, [SECRETS_AUDIENCE])
     assert good["authenticated"] is True
@@ -92,8 +99,12 @@ def test_kv2_write_versioned_read_and_metadata_round_trip(vault: VaultDevServer)
     kv.create_or_update_secret(path="smoke/db", secret={"password": "one"}, mount_point="secret")
     kv.create_or_update_secret(path="smoke/db", secret={"password": "two"}, mount_point="secret")
     kv.update_metadata(path="smoke/db", custom_metadata={"owner": "team-a"}, mount_point="secret")
-    v1 = kv.read_secret_version(path="smoke/db", version=1, mount_point="secret", raise_on_deleted_version=True)
-    latest = kv.read_secret_version(path="smoke/db", mount_point="secret", raise_on_deleted_version=True)
+    v1 = kv.read_secret_version(
+        path="smoke/db", version=1, mount_point="secret", raise_on_deleted_version=True
+    )
+    latest = kv.read_secret_version(
+        path="smoke/db", mount_point="secret", raise_on_deleted_version=True
+    )
     meta = kv.read_secret_metadata(path="smoke/db", mount_point="secret")["data"]
     assert v1["data"]["data"] == {"password": "one"}
     assert latest["data"]["data"] == {"password": "two"}

@@ -33,10 +33,14 @@ def test_every_field_has_a_description_and_a_type() -> None:
     for crd in all_crds():
         root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         for path, node in _walk(root["properties"]["spec"], "spec"):
-            assert node.get("description") or path.endswith(("[]", "{}")), f"{path} lacks a description"
+            assert node.get("description") or path.endswith(("[]", "{}")), (
+                f"{path} lacks a description"
+            )
             assert "type" in node, f"{path} lacks a type"
         for path, node in _walk(root["properties"]["status"], "status"):
-            assert node.get("description") or path.endswith(("[]", "{}")), f"{path} lacks a description"
+            assert node.get("description") or path.endswith(("[]", "{}")), (
+                f"{path} lacks a description"
+            )
             assert "$ref" not in node and "anyOf" not in node, f"{path} is not structural"
 
 

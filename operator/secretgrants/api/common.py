@@ -64,9 +64,7 @@ class Condition(KubeModel):
     observed_generation: int | None = Field(
         default=None, ge=0, description="The .metadata.generation this condition was set for."
     )
-    last_transition_time: dt.datetime = Field(
-        description="When the condition last changed status."
-    )
+    last_transition_time: dt.datetime = Field(description="When the condition last changed status.")
     reason: str = Field(
         description="A CamelCase reason for the condition's last transition.", max_length=1024
     )

@@ -142,14 +142,18 @@ def all_crds() -> list[dict[str, Any]]:
             columns=[
                 {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                 {"name": "Purpose", "type": "string", "jsonPath": ".spec.purpose"},
-                {"name": "ServiceAccount", "type": "string", "jsonPath": ".spec.serviceAccountName"},
+                {
+                    "name": "ServiceAccount",
+                    "type": "string",
+                    "jsonPath": ".spec.serviceAccountName",
+                },
                 {"name": "Uses-Left", "type": "integer", "jsonPath": ".status.usesRemaining"},
                 {"name": "Expires", "type": "date", "jsonPath": ".status.expiresAt"},
                 {
                     "name": "Reason",
                     "type": "string",
                     "priority": 1,
-                    "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason",
+                    "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
                 },
                 {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
             ],
@@ -167,7 +171,7 @@ def all_crds() -> list[dict[str, Any]]:
                 {
                     "name": "Ready",
                     "type": "string",
-                    "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status",
+                    "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
                 },
                 {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
             ],

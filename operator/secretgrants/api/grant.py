@@ -60,8 +60,12 @@ class DeliveryItem(KubeModel):
     path: Annotated[str, Field(max_length=253, pattern=_FILE)] | None = Field(
         default=None,
         description="File name under the mount directory; defaults to the key. No '..'.",
-        json_schema_extra=cel(("!self.split('/').exists(s, s == '..' || s == '.')",
-                               "path must not contain '.' or '..' segments")),
+        json_schema_extra=cel(
+            (
+                "!self.split('/').exists(s, s == '..' || s == '.')",
+                "path must not contain '.' or '..' segments",
+            )
+        ),
     )
     mode: int | None = Field(
         default=None, ge=0, le=0o777, description="File mode bits (decimal), e.g. 256 for 0400."
@@ -154,9 +158,9 @@ class SecretGrantRequestSpec(KubeModel):
         default=Purpose.READ,
         description="What the grant is for; the PDP decides per purpose. Volume delivery carries out read.",
     )
-    service_account_name: Annotated[str, Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN)] = (
-        Field(description="The ServiceAccount in this namespace that the grant is bound to.")
-    )
+    service_account_name: Annotated[
+        str, Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN)
+    ] = Field(description="The ServiceAccount in this namespace that the grant is bound to.")
     version: int | None = Field(
         default=None, ge=1, description="KV v2 version to deliver; the latest when unset."
     )
@@ -175,7 +179,9 @@ class SecretGrantRequestSpec(KubeModel):
     justification: Annotated[str, Field(max_length=1024)] | None = Field(
         default=None, description="Free text passed to the PDP as context."
     )
-    renewal: RenewalSpec | None = Field(default=None, description="Renewal on expiry or exhaustion.")
+    renewal: RenewalSpec | None = Field(
+        default=None, description="Renewal on expiry or exhaustion."
+    )
     delivery: DeliverySpec = Field(
         default_factory=DeliverySpec, description="How the value is delivered."
     )
@@ -205,7 +211,9 @@ class Binding(KubeModel):
     """Who may use the grant."""
 
     service_account_name: str = Field(description="The bound ServiceAccount.")
-    service_account_uid: str = Field(description="Its UID; a recreated ServiceAccount revokes the grant.")
+    service_account_uid: str = Field(
+        description="Its UID; a recreated ServiceAccount revokes the grant."
+    )
     jkt: str | None = Field(default=None, description="DPoP key thumbprint (RFC 7638), once bound.")
     x5t_s256: str | None = Field(
         default=None,
@@ -232,14 +240,17 @@ class SecretGrantRequestStatus(KubeModel):
     tenant: str | None = Field(default=None, description="The tenant of the grant's namespace.")
     decision: DecisionStatus | None = Field(default=None, description="The last PDP decision.")
     obligations: Obligations | None = Field(default=None, description="Obligations in force.")
-    granted_at: dt.datetime | None = Field(default=None, description="When the grant was permitted.")
+    granted_at: dt.datetime | None = Field(
+        default=None, description="When the grant was permitted."
+    )
     expires_at: dt.datetime | None = Field(default=None, description="When the grant expires.")
     uses_consumed: int | None = Field(default=None, description="Uses consumed so far.")
     uses_remaining: int | None = Field(default=None, description="Uses left; unlimited when unset.")
     binding: Binding | None = Field(default=None, description="What the grant is bound to.")
     delivery: DeliveredStatus | None = Field(default=None, description="What was delivered.")
     resource_ref: str | None = Field(
-        default=None, description="HMAC-SHA256(tenant salt, canonical URI): audit id, never the URI."
+        default=None,
+        description="HMAC-SHA256(tenant salt, canonical URI): audit id, never the URI.",
     )
     conditions: list[Condition] | None = Field(
         default=None,

@@ -160,7 +160,9 @@ class LocalControlPlane:
                             },
                         }
                     ],
-                    "contexts": [{"name": "local", "context": {"cluster": "local", "user": "admin"}}],
+                    "contexts": [
+                        {"name": "local", "context": {"cluster": "local", "user": "admin"}}
+                    ],
                     "current-context": "local",
                 }
             )

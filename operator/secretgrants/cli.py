@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -45,7 +44,12 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 def _cmd_pdp_serve(args: argparse.Namespace) -> int:
     from secretgrants.policy.server import serve
 
-    asyncio.run(serve(Path(args.policy), host=args.host, port=args.port))  # type: ignore[func-returns-value]
+    serve(
+        Path(args.policy),
+        host=args.host,
+        port=args.port,
+        on_ready=lambda url: print(f"AuthZEN PDP serving {args.policy} at {url}", flush=True),
+    )
     return 0
 
 

@@ -94,9 +94,7 @@ class JSONClient:
         attempts = self.options.retries + 1
         for attempt in range(attempts):
             try:
-                return await self.client.request(
-                    method, url, content=content, headers=send_headers
-                )
+                return await self.client.request(method, url, content=content, headers=send_headers)
             except _NOT_RETRIED as exc:
                 raise PDPUnavailable(
                     f"{what} timed out after {self.options.timeout:g}s ({type(exc).__name__})"

@@ -10,7 +10,8 @@
   ``execute_all``. The answer's ``evaluations`` are in request order.
 * With only a base URL configured, the endpoints come from the PDP metadata
   at ``/.well-known/authzen-configuration`` (fetched once, on first use).
-  A PDP without metadata (404) is asked at the default paths under the base.
+  A PDP without metadata (404) is asked at the default paths under the base;
+  one that answers a batch with 404, 405 or 501 is asked one by one from then on.
 
 The answer's boolean ``decision`` is authoritative. Its ``context`` may carry a
 decision id (``decision_id`` or ``id``), a reason (``reason``, else
@@ -27,6 +28,7 @@ and, when the request has one, ``traceparent``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +60,10 @@ WELL_KNOWN_PATH: Final = "/.well-known/authzen-configuration"
 _SHARED: Final = ("subject", "action", "resource", "context")
 # Members of an answer's context that describe the decision rather than oblige anything.
 _INFORMATIONAL: Final = frozenset({"id", "decision_id", "reason", "reason_admin", "reason_user"})
+# Answers to a batch that mean "no batch endpoint here" (then single evaluations are used).
+_NO_BATCH: Final = frozenset({404, 405, 501})
+
+log = logging.getLogger("secretgrants.policy")
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ def _text(value: object) -> str | None:
 
 
 def decision_from_authzen(answer: object, *, kind: str = "authzen") -> Decision:
-    """One AuthZEN evaluation answer as a :class:`Decision`; raise ``PDPUnavailable`` if malformed."""
+    """One AuthZEN evaluation answer as a :class:`Decision`; ``PDPUnavailable`` if malformed."""
     if not isinstance(answer, Mapping):
         raise PDPUnavailable("AuthZEN answer is not a JSON object")
     verdict = answer.get("decision")
@@ -111,7 +117,9 @@ def decision_from_authzen(answer: object, *, kind: str = "authzen") -> Decision:
     if isinstance(nested, Mapping):
         raw.update(nested)
     for name, value in context.items():
-        if name not in _INFORMATIONAL and not (name == "obligations" and isinstance(nested, Mapping)):
+        if name not in _INFORMATIONAL and not (
+            name == "obligations" and isinstance(nested, Mapping)
+        ):
             raw[name] = value
     obligations, problems = parse_obligations(raw)
 
@@ -287,13 +295,19 @@ class AuthZENClient(FailClosedPDP):
 
     async def _batch(self, url: str, requests: Sequence[AccessRequest]) -> list[Decision]:
         try:
-            answer = await self.http.json(
+            response = await self.http.request(
                 "POST",
                 url,
                 what="AuthZEN evaluations",
                 body=batch_body([r.to_authzen() for r in requests]),
                 headers=self._headers(requests),
             )
+            if response.status_code in _NO_BATCH and self.use_batch:
+                # The PDP has no batch endpoint after all: ask one by one from now on.
+                self.use_batch = False
+                log.info("AuthZEN PDP answered HTTP %d to a batch", response.status_code)
+                return await super()._evaluate_many(requests)
+            answer = parse_json(response, "AuthZEN evaluations")
             if not isinstance(answer, Mapping) or not isinstance(
                 items := answer.get("evaluations"), list
             ):

@@ -72,7 +72,7 @@ KNOWN_OBLIGATIONS: Final[frozenset[str]] = frozenset({"ttl_seconds", "max_uses"}
 _DNS1123_LABEL: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS1123_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 # Header-safe tokens: printable ASCII without spaces (correlation ids travel as X-Request-ID).
-_TOKEN: Final = r"^[\x21-\x7e]+$"
+_TOKEN: Final = r"^[\x21-\x7e]+$"  # noqa: S105 - a regex, not a password
 _TRACEPARENT_RE: Final = re.compile(
     r"^(?P<version>[0-9a-f]{2})-(?P<trace_id>[0-9a-f]{32})-(?P<span_id>[0-9a-f]{16})"
     r"-(?P<flags>[0-9a-f]{2})(-.*)?$"
@@ -272,12 +272,7 @@ class AccessRequest(_Frozen):
         """
         doc = _obj(body, "request")
         subject = _obj(doc.get("subject"), "subject")
-        resource = _obj(doc.get("resource"), "resource")
-        action = _obj(doc.get("action"), "action")
-        context = _obj(doc.get("context", {}), "context")
         sprops = _obj(subject.get("properties", {}), "subject.properties")
-        rprops = _obj(resource.get("properties", {}), "resource.properties")
-
         if subject.get("type") != AUTHZEN_SUBJECT_TYPE:
             raise ValueError(f"subject.type must be {AUTHZEN_SUBJECT_TYPE!r}")
         sid = subject.get("id")
@@ -288,10 +283,9 @@ class AccessRequest(_Frozen):
             raise ValueError(f"subject.id must be '{_SA_PREFIX}<namespace>:<name>'")
         if sprops.get("namespace") not in (None, namespace):
             raise ValueError("subject.properties.namespace contradicts subject.id")
-        tenant = sprops.get("tenant", context.get("tenant"))
-        if context.get("tenant") not in (None, tenant):
-            raise ValueError("context.tenant contradicts subject.properties.tenant")
 
+        resource = _obj(doc.get("resource"), "resource")
+        rprops = _obj(resource.get("properties", {}), "resource.properties")
         if resource.get("type") != AUTHZEN_RESOURCE_TYPE:
             raise ValueError(f"resource.type must be {AUTHZEN_RESOURCE_TYPE!r}")
         try:
@@ -302,11 +296,15 @@ class AccessRequest(_Frozen):
             if part in rprops and rprops[part] != getattr(uri, part):
                 raise ValueError(f"resource.properties.{part} contradicts resource.id")
 
+        action = _obj(doc.get("action"), "action")
         purpose = action.get("name")
         if purpose not in {p.value for p in Purpose}:
-            raise ValueError(
-                f"action.name must be one of {', '.join(p.value for p in Purpose)}"
-            )
+            raise ValueError(f"action.name must be one of {', '.join(p.value for p in Purpose)}")
+
+        context = _obj(doc.get("context", {}), "context")
+        tenant = sprops.get("tenant", context.get("tenant"))
+        if context.get("tenant") not in (None, tenant):
+            raise ValueError("context.tenant contradicts subject.properties.tenant")
         try:
             return cls(
                 subject=Subject(
@@ -492,7 +490,10 @@ def apply_obligations(
     ``UnknownObligation``. A deny is returned unchanged, with no limits.
     Pure: no I/O, no clock.
     """
-    for name, value in (("requested_ttl", requested_ttl), ("requested_max_uses", requested_max_uses)):
+    for name, value in (
+        ("requested_ttl", requested_ttl),
+        ("requested_max_uses", requested_max_uses),
+    ):
         if value is not None and (isinstance(value, bool) or value < 1):
             raise ValueError(f"{name} must be a positive integer or None")
     if not decision.permitted:

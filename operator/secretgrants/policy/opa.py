@@ -36,7 +36,7 @@ _SEGMENT: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 def normalise_path(path: str) -> str:
-    """``secretgrants.authz.decision`` or ``/secretgrants/authz/decision/`` -> ``secretgrants/authz/decision``."""
+    """``a.b.c`` or ``/a/b/c/`` -> ``a/b/c``; refuse anything that is not a package or rule path."""
     text = path.strip().strip("/")
     if "/" not in text and "." in text:
         text = text.replace(".", "/")

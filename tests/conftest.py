@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,8 +132,10 @@ class OperatorProcess:
 
 
 def start_operator(
-    kubeconfig: Path, workdir: Path, env: dict[str, str] | None = None
+    kubeconfig: Path, workdir: Path, *, namespace: str, env: dict[str, str] | None = None
 ) -> OperatorProcess:
+    """``secretgrants run -n NAMESPACE``: one operator per test namespace, so tests with
+    different PDPs or providers never handle each other's grants."""
     import sys
 
     import httpx
@@ -142,10 +144,18 @@ def start_operator(
     from secretgrants.devenv.processes import wait_until
 
     port = free_port()
-    log_path = workdir / f"operator-{port}.log"
+    log_path = workdir / f"operator-{namespace}-{port}.log"
     health = f"http://127.0.0.1:{port}/healthz"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "secretgrants", "run", f"--liveness={health}", "--verbose"],
+        [
+            sys.executable,
+            "-m",
+            "secretgrants",
+            "run",
+            f"--namespace={namespace}",
+            f"--liveness={health}",
+            "--verbose",
+        ],
         stdout=log_path.open("ab"),
         stderr=subprocess.STDOUT,
         env={**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})},
@@ -176,12 +186,69 @@ def stop_operator(op: OperatorProcess) -> None:
             op.proc.wait()
 
 
+SECRET_VALUE = "S3cr3t-e2e-VALUE-7f3a"  # searched for in logs, events and status by leak tests
+TEST_SALT = "e2e-tenant-salt"
+E2E_POLICY = {
+    "version": 1,
+    "rules": [
+        {
+            "name": "e2e-app-read",
+            "subjects": [{"service_account": "app"}],
+            "resources": ["vault+kv2://secret/e2e/**", "yaml://dev/e2e/**"],
+            "purposes": ["read"],
+            "obligations": {"ttl_seconds": 120, "max_uses": 5},
+        }
+    ],
+}
+
+
 @pytest.fixture(scope="session")
-def operator(
-    cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    op = start_operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator"))
-    try:
-        yield op
-    finally:
+def e2e_policy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import yaml
+
+    path = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    path.write_text(yaml.safe_dump(E2E_POLICY))
+    return path
+
+
+@pytest.fixture(scope="session")
+def operator_env(vault: VaultDevServer, e2e_policy_file: Path) -> dict[str, str]:
+    """The default operator configuration of the e2e tests: Vault, built-in PDP, a salt."""
+    import hvac
+
+    kv = hvac.Client(url=vault.addr, token=vault.root_token).secrets.kv.v2
+    kv.create_or_update_secret(
+        path="e2e/db", secret={"password": SECRET_VALUE, "username": "e2e"}, mount_point="secret"
+    )
+    return {
+        "VAULT_URL": vault.addr,
+        "VAULT_TOKEN": vault.root_token,
+        "SECRETGRANTS_PDP": "builtin",
+        "SECRETGRANTS_POLICY_FILE": str(e2e_policy_file),
+        "TENANT_SALT": TEST_SALT,
+    }
+
+
+@pytest.fixture
+def start_operator_for(
+    cluster: Cluster, crds: None, namespace: str, tmp_path: Path, operator_env: dict[str, str]
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start (and at teardown stop) operators for this test's namespace, with env overrides."""
+    started: list[OperatorProcess] = []
+
+    def start(**env: str) -> OperatorProcess:
+        op = start_operator(
+            cluster.kubeconfig, tmp_path, namespace=namespace, env={**operator_env, **env}
+        )
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
         stop_operator(op)
+
+
+@pytest.fixture
+def operator(start_operator_for: Callable[..., OperatorProcess]) -> OperatorProcess:
+    """The operator with the default e2e configuration, watching this test's namespace."""
+    return start_operator_for()

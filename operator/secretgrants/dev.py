@@ -25,8 +25,8 @@ DEV_POLICY = {
     "rules": [
         {
             "name": "demo-payments-read",
-            "subjects": [{"namespace": "demo", "serviceAccount": "payments-api"}],
-            "resources": ["vault+kv2://secret/payments/*", "yaml://dev/payments/*"],
+            "subjects": [{"namespace": "demo", "service_account": "payments-api"}],
+            "resources": ["vault+kv2://secret/payments/**", "yaml://dev/payments/**"],
             "purposes": ["read"],
             "obligations": {"ttl_seconds": 900, "max_uses": 5},
         }

@@ -15,6 +15,14 @@ from typing import Any
 from secretgrants.api.common import Condition, ConditionStatus, now, set_condition
 from secretgrants.api.grant import DeliveryMode, SecretGrantRequestSpec
 from secretgrants.errors import SecretGrantsError, UnsupportedOperation
+from secretgrants.policy.model import (
+    AccessRequest,
+    Decision,
+    Enforcement,
+    RequestContext,
+    Resource,
+    Subject,
+)
 from secretgrants.reasons import ConditionType, Phase, Purpose, Reason
 from secretgrants.tenancy import Tenant, TenantSource, guard, resolve_tenant
 from secretgrants.uri import SecretURI, parse_secret_uri
@@ -164,3 +172,232 @@ def guard_passed_status(
         "tenant": outcome.tenant.tenant_id,
         "conditions": [c.to_kube() for c in conditions],
     }
+
+
+# --- decisions -------------------------------------------------------------------
+
+
+def decided_status(
+    decision: Decision,
+    *,
+    generation: int | None,
+    status: Mapping[str, Any] | None,
+    tenant: str,
+    resource_ref: str | None,
+    at: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The status patch for a deny (by the PDP, or fail-closed when it could not be asked)."""
+    at = at or now()
+    reason = decision.condition_reason
+    conditions = set_condition(
+        parse_conditions(status),
+        ConditionType.AUTHORIZED,
+        ConditionStatus.FALSE,
+        reason,
+        decision.message,
+        generation,
+        at,
+    )
+    conditions = set_condition(
+        conditions,
+        ConditionType.READY,
+        ConditionStatus.FALSE,
+        reason,
+        decision.message,
+        generation,
+        at,
+    )
+    patch: dict[str, Any] = {
+        "phase": Phase.DENIED.value,
+        "observedGeneration": generation,
+        "tenant": tenant,
+        "decision": _decision(decision),
+        "obligations": None,
+        "grantedAt": None,
+        "expiresAt": None,
+        "usesConsumed": None,
+        "usesRemaining": None,
+        "conditions": [c.to_kube() for c in conditions],
+    }
+    if resource_ref:
+        patch["resourceRef"] = resource_ref
+    return patch
+
+
+def granted_status(
+    enforcement: Enforcement,
+    *,
+    generation: int | None,
+    status: Mapping[str, Any] | None,
+    tenant: str,
+    resource_ref: str | None,
+    service_account: str,
+    service_account_uid: str,
+    secret_name: str,
+    keys: list[str],
+    version: int | None,
+    at: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The status patch for a permitted, delivered grant."""
+    at = at or now()
+    decision = enforcement.decision
+    expires = (
+        at + dt.timedelta(seconds=enforcement.ttl_seconds) if enforcement.ttl_seconds else None
+    )
+    conditions = set_condition(
+        parse_conditions(status),
+        ConditionType.AUTHORIZED,
+        ConditionStatus.TRUE,
+        Reason.GRANTED,
+        decision.message,
+        generation,
+        at,
+    )
+    conditions = set_condition(
+        conditions,
+        ConditionType.DELIVERED,
+        ConditionStatus.TRUE,
+        Reason.GRANTED,
+        f"delivered {len(keys)} key(s) in Secret {secret_name}",
+        generation,
+        at,
+    )
+    conditions = set_condition(
+        conditions,
+        ConditionType.READY,
+        ConditionStatus.TRUE,
+        Reason.GRANTED,
+        "granted" + (f" until {_rfc3339(expires)}" if expires else ""),
+        generation,
+        at,
+    )
+    extra = {k: str(v) for k, v in decision.obligations.extra.items()} or None
+    patch: dict[str, Any] = {
+        "phase": Phase.GRANTED.value,
+        "observedGeneration": generation,
+        "tenant": tenant,
+        "decision": _decision(decision),
+        "obligations": {
+            "ttlSeconds": enforcement.ttl_seconds,
+            "maxUses": enforcement.max_uses,
+            "extra": extra,
+        },
+        "grantedAt": _rfc3339(at),
+        "expiresAt": _rfc3339(expires) if expires else None,
+        "usesConsumed": 0,
+        "usesRemaining": enforcement.max_uses,
+        "binding": {
+            "serviceAccountName": service_account,
+            "serviceAccountUID": service_account_uid,
+        },
+        "delivery": {"secretName": secret_name, "keys": sorted(keys), "version": version},
+        "conditions": [c.to_kube() for c in conditions],
+    }
+    if resource_ref:
+        patch["resourceRef"] = resource_ref
+    return patch
+
+
+def expired_status(
+    *, generation: int | None, status: Mapping[str, Any] | None, at: dt.datetime | None = None
+) -> dict[str, Any]:
+    at = at or now()
+    conditions = set_condition(
+        parse_conditions(status),
+        ConditionType.READY,
+        ConditionStatus.FALSE,
+        Reason.EXPIRED,
+        "the grant's TTL ran out; its delivery Secret was emptied",
+        generation,
+        at,
+    )
+    conditions = set_condition(
+        conditions,
+        ConditionType.DELIVERED,
+        ConditionStatus.FALSE,
+        Reason.EXPIRED,
+        "the delivery Secret holds no data",
+        generation,
+        at,
+    )
+    return {"phase": Phase.EXPIRED.value, "conditions": [c.to_kube() for c in conditions]}
+
+
+_SETTLED = frozenset(
+    {Phase.GRANTED, Phase.REJECTED, Phase.EXPIRED, Phase.EXHAUSTED, Phase.REVOKED}
+)
+
+
+def settled(status: Mapping[str, Any] | None, generation: int | None) -> bool:
+    """True when this generation was decided for good (a restart must not redo it).
+
+    Pending grants and fail-closed denies (PDPUnavailable) are not settled:
+    they are retried.
+    """
+    status = status or {}
+    if status.get("observedGeneration") != generation:
+        return False
+    phase = status.get("phase")
+    if phase in _SETTLED:
+        return True
+    if phase == Phase.DENIED:
+        ready = next((c for c in parse_conditions(status) if c.type == ConditionType.READY), None)
+        return ready is not None and ready.reason != Reason.PDP_UNAVAILABLE
+    return False
+
+
+def expires_at(status: Mapping[str, Any] | None) -> dt.datetime | None:
+    raw = (status or {}).get("expiresAt")
+    if not raw:
+        return None
+    return dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+
+
+def access_request(
+    outcome: GuardOutcome,
+    spec: SecretGrantRequestSpec,
+    *,
+    namespace: str,
+    service_account_uid: str,
+    owner: str | None = None,
+    created_by: str | None = None,
+    created_at: dt.datetime | None = None,
+    correlation_id: str | None = None,
+) -> AccessRequest:
+    """The question for the PDP. It holds names and attributes, never a value."""
+    return AccessRequest(
+        subject=Subject(
+            namespace=namespace,
+            service_account=spec.service_account_name,
+            uid=service_account_uid,
+            tenant=outcome.tenant.tenant_id,
+        ),
+        resource=Resource.from_uri(
+            outcome.uri,
+            version=spec.version,
+            owner=owner,
+            created_by=created_by,
+            created_at=created_at,
+        ),
+        purpose=spec.purpose,
+        context=RequestContext(
+            justification=spec.justification,
+            requested_ttl_seconds=spec.ttl_seconds,
+            requested_max_uses=spec.max_uses,
+            correlation_id=correlation_id,
+        ),
+    )
+
+
+def _decision(decision: Decision) -> dict[str, Any]:
+    return {
+        "id": decision.decision_id,
+        "effect": decision.effect.value,
+        "reason": decision.message[:1024],
+        "pdp": decision.pdp_kind,
+        "decidedAt": _rfc3339(decision.decided_at),
+    }
+
+
+def _rfc3339(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SECRETGRANTS_POLICY_FILE", "policy_file"),
         description="Rules of the built-in PDP (YAML).",
     )
+    default_ttl_seconds: int = Field(
+        default=3600,
+        ge=1,
+        validation_alias=AliasChoices("SECRETGRANTS_DEFAULT_TTL", "default_ttl_seconds"),
+        description="Lifetime of a grant when neither the request nor the PDP sets one.",
+    )
     # --- operator ---
     namespace: str | None = Field(
         default=None,

@@ -1,0 +1,101 @@
+"""The delivery Secret: what a permitted grant writes for the pods of its ServiceAccount.
+
+Pure builders. The Secret has its own type (so nothing mistakes it for an
+ordinary Secret), is owned by the grant (garbage-collected with it),
+labelled with the grant and the bound ServiceAccount, and annotated with its
+expiry. It holds only the keys the grant delivers.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from secretgrants.api.common import API_VERSION, GROUP
+from secretgrants.api.grant import SecretGrantRequestSpec
+from secretgrants.errors import KeyNotFound
+
+__all__ = [
+    "ANNOTATION_EXPIRES_AT",
+    "LABEL_GRANT",
+    "LABEL_SERVICE_ACCOUNT",
+    "SECRET_TYPE",
+    "delivery_secret",
+    "delivery_secret_name",
+    "select_keys",
+]
+
+SECRET_TYPE = f"{GROUP}/grant"
+LABEL_GRANT = f"{GROUP}/grant"
+LABEL_SERVICE_ACCOUNT = f"{GROUP}/service-account"
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+ANNOTATION_EXPIRES_AT = f"{GROUP}/expires-at"
+ANNOTATION_STATE = f"{GROUP}/state"
+
+
+def delivery_secret_name(grant_name: str) -> str:
+    """Deterministic and collision-free: ``sg-<name>-<hash>``, at most 253 characters."""
+    digest = hashlib.sha256(grant_name.encode()).hexdigest()[:8]
+    return f"sg-{grant_name[:230]}-{digest}"
+
+
+def select_keys(
+    data: Mapping[str, str], spec: SecretGrantRequestSpec, fragment: str | None
+) -> dict[str, str]:
+    """The keys the grant delivers: the items asked for, else the URI's key, else all."""
+    if spec.delivery.items:
+        wanted = [item.key for item in spec.delivery.items]
+    elif fragment:
+        wanted = [fragment]
+    else:
+        return dict(data)
+    missing = [k for k in wanted if k not in data]
+    if missing:
+        raise KeyNotFound(f"the secret has no key {missing[0]!r}")
+    return {k: data[k] for k in wanted}
+
+
+def _label_value(value: str) -> str:
+    return value if len(value) <= 63 else hashlib.sha256(value.encode()).hexdigest()[:63]
+
+
+def delivery_secret(
+    *,
+    grant_name: str,
+    grant_uid: str,
+    service_account: str,
+    values: Mapping[str, str],
+    expires_at: dt.datetime | None,
+) -> dict[str, Any]:
+    """The Secret manifest (values base64-encoded, as the API stores them)."""
+    annotations = {ANNOTATION_STATE: "active"}
+    if expires_at is not None:
+        annotations[ANNOTATION_EXPIRES_AT] = expires_at.isoformat().replace("+00:00", "Z")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": SECRET_TYPE,
+        "metadata": {
+            "name": delivery_secret_name(grant_name),
+            "labels": {
+                LABEL_GRANT: _label_value(grant_name),
+                LABEL_SERVICE_ACCOUNT: _label_value(service_account),
+                LABEL_MANAGED: "secretgrants",
+            },
+            "annotations": annotations,
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "SecretGrantRequest",
+                    "name": grant_name,
+                    "uid": grant_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+    }

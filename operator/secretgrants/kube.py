@@ -1,0 +1,103 @@
+"""The operator's Kubernetes client: the few reads and writes the handlers need.
+
+The official ``kubernetes`` client is blocking, so every call runs in a
+thread. Only this module talks to the API (kopf's own watching aside).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import kubernetes
+
+from secretgrants.api.common import GROUP, VERSION
+
+# The official client's partial type hints disagree with its dict bodies; use it untyped.
+_k8s: Any = kubernetes
+client: Any = _k8s.client
+config: Any = _k8s.config
+ApiException: Any = _k8s.client.exceptions.ApiException
+
+__all__ = ["KubeClient"]
+
+
+class KubeClient:
+    """Reads ServiceAccounts, writes delivery Secrets and grant status."""
+
+    def __init__(self) -> None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        self._api = client.ApiClient()
+        self._core = client.CoreV1Api(self._api)
+        self._custom = client.CustomObjectsApi(self._api)
+
+    async def service_account_uid(self, namespace: str, name: str) -> str | None:
+        def call() -> str | None:
+            try:
+                sa = self._core.read_namespaced_service_account(name, namespace)
+            except ApiException as err:
+                if err.status == 404:
+                    return None
+                raise
+            return str(sa.metadata.uid)
+
+        return await asyncio.to_thread(call)
+
+    async def upsert_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create the Secret, or replace its data, labels and annotations if it exists."""
+        name = body["metadata"]["name"]
+
+        def call() -> None:
+            try:
+                self._core.create_namespaced_secret(namespace, body)
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+                self._core.replace_namespaced_secret(name, namespace, body)
+
+        await asyncio.to_thread(call)
+
+    async def blank_secret(self, namespace: str, name: str, annotations: dict[str, str]) -> bool:
+        """Empty the Secret's data (kubelets keep the last content of a deleted Secret)."""
+
+        def call() -> bool:
+            patch = {"data": None, "metadata": {"annotations": annotations}}
+            try:
+                self._core.patch_namespaced_secret(name, namespace, patch)
+            except ApiException as err:
+                if err.status == 404:
+                    return False
+                raise
+            return True
+
+        return await asyncio.to_thread(call)
+
+    async def patch_grant_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        def call() -> None:
+            self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, "secretgrantrequests", name, {"status": status}
+            )
+
+        await asyncio.to_thread(call)
+
+    async def read_grant(self, namespace: str, name: str) -> dict[str, Any] | None:
+        def call() -> dict[str, Any] | None:
+            try:
+                obj = self._custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "secretgrantrequests", name
+                )
+            except ApiException as err:
+                if err.status == 404:
+                    return None
+                raise
+            return dict(obj)
+
+        return await asyncio.to_thread(call)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._api.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from secretgrants.api.common import Condition, ConditionStatus, now, set_condition
-from secretgrants.api.grant import DeliveryMode, SecretGrantRequestSpec
+from secretgrants.api.grant import Binding, DeliveryMode, SecretGrantRequestSpec
 from secretgrants.errors import SecretGrantsError, UnsupportedOperation
 from secretgrants.policy.model import (
     AccessRequest,
@@ -286,10 +286,9 @@ def granted_status(
         "expiresAt": _rfc3339(expires) if expires else None,
         "usesConsumed": 0,
         "usesRemaining": enforcement.max_uses,
-        "binding": {
-            "serviceAccountName": service_account,
-            "serviceAccountUID": service_account_uid,
-        },
+        "binding": Binding.model_validate(
+            {"service_account_name": service_account, "service_account_uid": service_account_uid}
+        ).to_kube(),
         "delivery": {"secretName": secret_name, "keys": sorted(keys), "version": version},
         "conditions": [c.to_kube() for c in conditions],
     }

@@ -212,7 +212,8 @@ class Binding(KubeModel):
 
     service_account_name: str = Field(description="The bound ServiceAccount.")
     service_account_uid: str = Field(
-        description="Its UID; a recreated ServiceAccount revokes the grant."
+        alias="serviceAccountUID",
+        description="Its UID; a recreated ServiceAccount revokes the grant.",
     )
     jkt: str | None = Field(default=None, description="DPoP key thumbprint (RFC 7638), once bound.")
     x5t_s256: str | None = Field(

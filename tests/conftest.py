@@ -146,6 +146,14 @@ def start_operator(
     port = free_port()
     log_path = workdir / f"operator-{namespace}-{port}.log"
     health = f"http://127.0.0.1:{port}/healthz"
+    webhook_port = free_port()
+    webhook = {  # one webhook per operator: its own port and configuration name
+        "SECRETGRANTS_WEBHOOK_ADDRESS": "127.0.0.1",
+        "SECRETGRANTS_WEBHOOK_PORT": str(webhook_port),
+        "SECRETGRANTS_WEBHOOK_URL": f"https://127.0.0.1:{webhook_port}",
+        "SECRETGRANTS_WEBHOOK_CONFIG_NAME": webhook_config_name(namespace),
+        "SECRETGRANTS_RESERVATION_WINDOW": "5",
+    }
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -158,7 +166,7 @@ def start_operator(
         ],
         stdout=log_path.open("ab"),
         stderr=subprocess.STDOUT,
-        env={**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})},
+        env={**os.environ, "KUBECONFIG": str(kubeconfig), **webhook, **(env or {})},
         start_new_session=True,
     )
     op = OperatorProcess(proc, log_path, health)
@@ -172,6 +180,10 @@ def start_operator(
         proc.kill()
         raise AssertionError(f"operator did not start:\n{op.log()[-3000:]}") from err
     return op
+
+
+def webhook_config_name(namespace: str) -> str:
+    return f"sg-{namespace}"
 
 
 def stop_operator(op: OperatorProcess) -> None:
@@ -197,7 +209,14 @@ E2E_POLICY = {
             "resources": ["vault+kv2://secret/e2e/**", "yaml://dev/e2e/**"],
             "purposes": ["read"],
             "obligations": {"ttl_seconds": 120, "max_uses": 5},
-        }
+        },
+        {
+            "name": "e2e-other-read",
+            "subjects": [{"service_account": "other"}],
+            "resources": ["vault+kv2://secret/e2e-other/**"],
+            "purposes": ["read"],
+            "obligations": {"ttl_seconds": 120},
+        },
     ],
 }
 
@@ -219,6 +238,9 @@ def operator_env(vault: VaultDevServer, e2e_policy_file: Path) -> dict[str, str]
     kv = hvac.Client(url=vault.addr, token=vault.root_token).secrets.kv.v2
     kv.create_or_update_secret(
         path="e2e/db", secret={"password": SECRET_VALUE, "username": "e2e"}, mount_point="secret"
+    )
+    kv.create_or_update_secret(
+        path="e2e-other/db", secret={"password": "other-value"}, mount_point="secret"
     )
     return {
         "VAULT_URL": vault.addr,
@@ -246,6 +268,11 @@ def start_operator_for(
     yield start
     for op in started:
         stop_operator(op)
+    if started:  # the webhook configurations stay when an operator stops (fail closed)
+        for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+            cluster.kubectl(
+                "delete", kind, webhook_config_name(namespace), "--ignore-not-found", check=False
+            )
 
 
 @pytest.fixture

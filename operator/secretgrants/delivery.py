@@ -25,6 +25,7 @@ __all__ = [
     "SECRET_TYPE",
     "delivery_secret",
     "delivery_secret_name",
+    "label_value",
     "select_keys",
 ]
 
@@ -58,7 +59,7 @@ def select_keys(
     return {k: data[k] for k in wanted}
 
 
-def _label_value(value: str) -> str:
+def label_value(value: str) -> str:
     return value if len(value) <= 63 else hashlib.sha256(value.encode()).hexdigest()[:63]
 
 
@@ -81,8 +82,8 @@ def delivery_secret(
         "metadata": {
             "name": delivery_secret_name(grant_name),
             "labels": {
-                LABEL_GRANT: _label_value(grant_name),
-                LABEL_SERVICE_ACCOUNT: _label_value(service_account),
+                LABEL_GRANT: label_value(grant_name),
+                LABEL_SERVICE_ACCOUNT: label_value(service_account),
                 LABEL_MANAGED: "secretgrants",
             },
             "annotations": annotations,

@@ -286,6 +286,7 @@ def granted_status(
         "expiresAt": _rfc3339(expires) if expires else None,
         "usesConsumed": 0,
         "usesRemaining": enforcement.max_uses,
+        "reservations": [],
         "binding": Binding.model_validate(
             {"service_account_name": service_account, "service_account_uid": service_account_uid}
         ).to_kube(),
@@ -297,16 +298,22 @@ def granted_status(
     return patch
 
 
-def expired_status(
-    *, generation: int | None, status: Mapping[str, Any] | None, at: dt.datetime | None = None
+def _ended_status(
+    phase: Phase,
+    reason: Reason,
+    message: str,
+    *,
+    generation: int | None,
+    status: Mapping[str, Any] | None,
+    at: dt.datetime | None,
 ) -> dict[str, Any]:
     at = at or now()
     conditions = set_condition(
         parse_conditions(status),
         ConditionType.READY,
         ConditionStatus.FALSE,
-        Reason.EXPIRED,
-        "the grant's TTL ran out; its delivery Secret was emptied",
+        reason,
+        message,
         generation,
         at,
     )
@@ -314,17 +321,47 @@ def expired_status(
         conditions,
         ConditionType.DELIVERED,
         ConditionStatus.FALSE,
-        Reason.EXPIRED,
+        reason,
         "the delivery Secret holds no data",
         generation,
         at,
     )
-    return {"phase": Phase.EXPIRED.value, "conditions": [c.to_kube() for c in conditions]}
+    patch: dict[str, Any] = {"phase": phase.value, "conditions": [c.to_kube() for c in conditions]}
+    if (status or {}).get("reservations"):
+        patch["reservations"] = []
+    if (status or {}).get("usesRemaining") is not None:
+        patch["usesRemaining"] = 0
+    return patch
 
 
-_SETTLED = frozenset(
-    {Phase.GRANTED, Phase.REJECTED, Phase.EXPIRED, Phase.EXHAUSTED, Phase.REVOKED}
-)
+def expired_status(
+    *, generation: int | None, status: Mapping[str, Any] | None, at: dt.datetime | None = None
+) -> dict[str, Any]:
+    """The grant's TTL ran out (its Secret was blanked first)."""
+    return _ended_status(
+        Phase.EXPIRED,
+        Reason.EXPIRED,
+        "the grant's TTL ran out; its delivery Secret was emptied",
+        generation=generation,
+        status=status,
+        at=at,
+    )
+
+
+def revoked_status(
+    message: str,
+    *,
+    generation: int | None,
+    status: Mapping[str, Any] | None,
+    at: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The grant was revoked (its ServiceAccount went away or changed; its Secret was blanked)."""
+    return _ended_status(
+        Phase.REVOKED, Reason.REVOKED, message, generation=generation, status=status, at=at
+    )
+
+
+_SETTLED = frozenset({Phase.GRANTED, Phase.REJECTED, Phase.EXPIRED, Phase.EXHAUSTED, Phase.REVOKED})
 
 
 def settled(status: Mapping[str, Any] | None, generation: int | None) -> bool:

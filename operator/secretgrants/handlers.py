@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
+from secretgrants.admission import LABEL_INJECT, reservation_ids
 from secretgrants.api.common import GROUP, VERSION, ConditionStatus, now, set_condition
 from secretgrants.api.grant import SecretGrantRequestSpec
 from secretgrants.audit import resource_ref
@@ -35,6 +37,7 @@ from secretgrants.grants import (
     granted_status,
     guard_passed_status,
     parse_conditions,
+    revoked_status,
     settled,
 )
 from secretgrants.kube import KubeClient
@@ -43,6 +46,15 @@ from secretgrants.providers import ProviderRegistry
 from secretgrants.reasons import ConditionType, Phase, Reason
 from secretgrants.settings import Settings
 from secretgrants.tenancy import Tenant, TenantSource, env_tenant
+from secretgrants.uses import settle
+from secretgrants.webhook import PodAdmission, WebhookServer, serving_cert
+from secretgrants.webhook_config import (
+    MUTATE_PATH,
+    VALIDATE_PATH,
+    client_config,
+    mutating,
+    validating,
+)
 
 log = logging.getLogger("secretgrants")
 
@@ -84,10 +96,52 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if memo.salt is None:
         log.warning("TENANT_SALT is not set: grants and audit records carry no resource_ref")
     log.info("providers configured: %s", ", ".join(memo.providers) or "none")
+    memo.admission = PodAdmission(memo.kube, audience=cfg.secrets_audience)
+    memo.webhook = None
+    if cfg.webhook_enabled:
+        await _start_webhook(memo, cfg)
+
+
+async def _start_webhook(memo: kopf.Memo, cfg: Settings) -> None:
+    service_dns = f"{cfg.webhook_service}.{cfg.operator_namespace}.svc"
+    cert = serving_cert(
+        cfg.webhook_cert_dir,
+        dns_names=(service_dns, f"{service_dns}.cluster.local", "localhost"),
+        ips=("127.0.0.1",),
+    )
+    server = WebhookServer(memo.admission, cert)
+    await server.start(cfg.webhook_address, cfg.webhook_port)
+    memo.webhook = server
+    if not cfg.webhook_manage_config:
+        return
+    namespaces = [cfg.namespace] if cfg.namespace else []
+    for build, path in ((mutating, MUTATE_PATH), (validating, VALIDATE_PATH)):
+        client = client_config(
+            cert.ca_pem,
+            path,
+            url=cfg.webhook_url,
+            service=cfg.webhook_service,
+            namespace=cfg.operator_namespace,
+            port=443,
+        )
+        body = build(
+            cfg.webhook_config_name,
+            client,
+            failure_policy=cfg.webhook_failure_policy,
+            timeout_seconds=cfg.webhook_timeout_seconds,
+            namespaces=namespaces,
+            operator_namespace=cfg.operator_namespace,
+        )
+        await memo.kube.apply_webhook_configuration(body)
+    log.info("webhook configurations %r are in place", cfg.webhook_config_name)
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    # The webhook configurations stay: while the operator is away, pods that ask for
+    # grants are refused (failurePolicy Fail), never admitted unchecked.
+    if memo.get("webhook") is not None:
+        await memo.webhook.stop()
     if memo.get("pdp") is not None:
         await memo.pdp.close()
     if memo.get("providers") is not None:
@@ -128,7 +182,6 @@ async def reconcile_grant(
     namespace_labels: kopf.Index[str, dict[str, str]] = kwargs["namespace_labels"]
     tenant_sources: kopf.Index[str, TenantSource] = kwargs["tenant_sources"]
     namespace, name = namespace or "", name or ""
-    cfg: Settings = memo.config
     generation = meta.get("generation")
     current = dict(status)
     if kwargs.get("reason") == "resume" and settled(current, generation):
@@ -141,8 +194,58 @@ async def reconcile_grant(
             parsed, namespace, labels, list(tenant_sources.get("all", [])), fallback
         )
     except SecretGrantsError as err:
+        await _withdraw_delivery(memo, namespace, name, current)
         patch.status.update(failure_status(err, generation=generation, status=current))
         return
+    result = await _authorize_and_deliver(
+        memo,
+        parsed,
+        outcome,
+        namespace=namespace,
+        name=name,
+        uid=uid or "",
+        generation=generation,
+        status=current,
+    )
+    if not result.permitted:
+        await _withdraw_delivery(memo, namespace, name, current)
+    patch.status.update(result.status)
+    if result.retry_reason:
+        raise kopf.TemporaryError(result.retry_reason, delay=backoff(retry))
+
+
+async def _withdraw_delivery(
+    memo: kopf.Memo, namespace: str, name: str, status: dict[str, Any]
+) -> None:
+    """A changed spec that is no longer permitted takes the delivered value back at once."""
+    if status.get("phase") in LIVE_PHASES:
+        await memo.kube.blank_secret(
+            namespace, _secret_of(name, status), {ANNOTATION_STATE: "withdrawn"}
+        )
+
+
+@dataclass
+class Outcome:
+    """What one authorize-and-deliver pass wants written, and whether to try again."""
+
+    status: dict[str, Any]
+    retry_reason: str | None = None
+    permitted: bool = False
+
+
+async def _authorize_and_deliver(
+    memo: kopf.Memo,
+    parsed: SecretGrantRequestSpec,
+    outcome: GuardOutcome,
+    *,
+    namespace: str,
+    name: str,
+    uid: str,
+    generation: int | None,
+    status: dict[str, Any],
+) -> Outcome:
+    """ServiceAccount binding, PDP decision, provider read, delivery Secret: one pass."""
+    cfg: Settings = memo.config
     tenant = outcome.tenant.tenant_id
     ref = resource_ref(memo.salt, outcome.uri)
 
@@ -151,39 +254,30 @@ async def reconcile_grant(
         waiting = guard_passed_status(
             outcome,
             generation=generation,
-            status=current,
+            status=status,
             reason=Reason.SERVICE_ACCOUNT_NOT_FOUND,
             message=f"waiting for ServiceAccount {parsed.service_account_name!r} to exist",
         )
-        patch.status.update(waiting)
-        raise kopf.TemporaryError("ServiceAccount not found", delay=backoff(retry))
+        return Outcome(waiting, "ServiceAccount not found")
 
     try:
         decision = await _decide(memo, outcome, parsed, namespace, sa_uid, cfg)
         enforcement = apply_obligations(parsed.ttl_seconds, parsed.max_uses, decision)
         if not enforcement.permitted:
-            patch.status.update(
-                decided_status(
-                    enforcement.decision,
-                    generation=generation,
-                    status=current,
-                    tenant=tenant,
-                    resource_ref=ref,
-                )
+            denied = decided_status(
+                enforcement.decision,
+                generation=generation,
+                status=status,
+                tenant=tenant,
+                resource_ref=ref,
             )
-            if enforcement.decision.retryable:
-                raise kopf.TemporaryError("PDP unavailable", delay=backoff(retry))
-            return
+            return Outcome(denied, "PDP unavailable" if enforcement.decision.retryable else None)
         provider = memo.providers.provider_for(outcome.uri)
         data = await provider.read(outcome.uri.without_fragment(), parsed.version)
         values = select_keys(data.data, parsed, outcome.uri.fragment)
     except SecretGrantsError as err:
-        patch.status.update(
-            failure_status(err, generation=generation, status=current, tenant=tenant)
-        )
-        if err.retryable:
-            raise kopf.TemporaryError(err.reason.value, delay=backoff(retry)) from None
-        return
+        failed = failure_status(err, generation=generation, status=status, tenant=tenant)
+        return Outcome(failed, err.reason.value if err.retryable else None)
 
     if enforcement.ttl_seconds is None:
         enforcement = enforcement.model_copy(update={"ttl_seconds": cfg.default_ttl_seconds})
@@ -191,27 +285,26 @@ async def reconcile_grant(
     expires = at + dt.timedelta(seconds=enforcement.ttl_seconds or cfg.default_ttl_seconds)
     body = delivery_secret(
         grant_name=name,
-        grant_uid=uid or "",
+        grant_uid=uid,
         service_account=parsed.service_account_name,
         values=values,
         expires_at=expires,
     )
     await memo.kube.upsert_secret(namespace, body)
-    patch.status.update(
-        granted_status(
-            enforcement,
-            generation=generation,
-            status=current,
-            tenant=tenant,
-            resource_ref=ref,
-            service_account=parsed.service_account_name,
-            service_account_uid=sa_uid,
-            secret_name=body["metadata"]["name"],
-            keys=list(values),
-            version=data.version,
-            at=at,
-        )
+    granted = granted_status(
+        enforcement,
+        generation=generation,
+        status=status,
+        tenant=tenant,
+        resource_ref=ref,
+        service_account=parsed.service_account_name,
+        service_account_uid=sa_uid,
+        secret_name=body["metadata"]["name"],
+        keys=list(values),
+        version=data.version,
+        at=at,
     )
+    return Outcome(granted, permitted=True)
 
 
 async def _decide(
@@ -245,41 +338,214 @@ async def _decide(
     return await pdp.evaluate(request)
 
 
-def _is_granted(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") == Phase.GRANTED.value
+LIVE_PHASES = frozenset({Phase.GRANTED.value, Phase.EXHAUSTED.value})
+SETTLE_INTERVAL_SECONDS = 2.0
+IDLE_INTERVAL_SECONDS = 30.0
 
 
-@kopf.daemon(*GRANTS, when=_is_granted, cancellation_timeout=5.0)
-async def expire_grant(
+def _is_live(status: kopf.Status, **_: Any) -> bool:
+    """A grant whose delivery Secret holds data: Granted, or Exhausted (pods keep the value)."""
+    return status.get("phase") in LIVE_PHASES
+
+
+def _secret_of(name: str, status: dict[str, Any]) -> str:
+    return (status.get("delivery") or {}).get("secretName") or delivery_secret_name(name)
+
+
+async def _end_grant(
+    memo: kopf.Memo, namespace: str, name: str, status: dict[str, Any], ending: dict[str, Any]
+) -> None:
+    """Blank the delivery Secret first (kubelets keep a deleted Secret's last content), then
+    write the ending status."""
+    state = str(ending["phase"]).lower()
+    await memo.kube.blank_secret(namespace, _secret_of(name, status), {ANNOTATION_STATE: state})
+    await memo.kube.patch_grant_status(namespace, name, ending)
+    log.info("grant %s/%s is %s; its delivery Secret was emptied", namespace, name, state)
+
+
+async def _binding_broken(memo: kopf.Memo, namespace: str, status: dict[str, Any]) -> str | None:
+    """Why the bound ServiceAccount no longer holds the grant, or None."""
+    binding = status.get("binding") or {}
+    sa_name = binding.get("serviceAccountName")
+    if not sa_name:
+        return None
+    current = await memo.kube.service_account_uid(namespace, sa_name)
+    if current is None:
+        return f"ServiceAccount {sa_name!r} was deleted; the grant is revoked"
+    if current != binding.get("serviceAccountUID"):
+        return f"ServiceAccount {sa_name!r} was recreated (its UID changed); the grant is revoked"
+    return None
+
+
+async def _settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
+    """Confirm uses that created pods carry; give back those no pod claimed in time."""
+    cfg: Settings = memo.config
+    pods = await memo.kube.list_pod_annotations(namespace, f"{LABEL_INJECT}=true")
+    seen = reservation_ids(pods, name)
+    for _ in range(5):
+        grant = await memo.kube.read_grant(namespace, name)
+        if grant is None:
+            return
+        updated = settle(
+            grant.get("status") or {},
+            seen,
+            window=dt.timedelta(seconds=cfg.reservation_window_seconds),
+            generation=(grant.get("metadata") or {}).get("generation"),
+        )
+        if updated is None:
+            return
+        if await memo.kube.replace_grant_status(namespace, {**grant, "status": updated}):
+            return
+
+
+async def _renew(
+    memo: kopf.Memo,
+    body: kopf.Body,
+    namespace: str,
+    name: str,
+    uid: str,
+    indexes: dict[str, Any],
+) -> bool:
+    """Ask the PDP again and deliver the current value; True when the grant was renewed."""
+    status = dict(body.get("status") or {})
+    generation = (body.get("metadata") or {}).get("generation")
+    labels: dict[str, str] = next(iter(indexes["namespace_labels"].get(namespace, [])), {})
+    try:
+        parsed = SecretGrantRequestSpec.model_validate(dict(body.get("spec") or {}))
+        outcome = check_request(
+            parsed, namespace, labels, list(indexes["tenant_sources"].get("all", [])), memo.fallback
+        )
+    except SecretGrantsError as err:
+        kopf.warn(body, reason="RenewalRefused", message=err.message)
+        return False
+    result = await _authorize_and_deliver(
+        memo,
+        parsed,
+        outcome,
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        generation=generation,
+        status=status,
+    )
+    if not result.permitted:
+        kopf.warn(
+            body,
+            reason="RenewalDenied",
+            message="renewal was not permitted; the grant expires at its expiresAt",
+        )
+        return False
+    await memo.kube.patch_grant_status(namespace, name, result.status)
+    kopf.info(body, reason="Renewed", message="the PDP permitted a renewal; value re-delivered")
+    log.info("grant %s/%s renewed", namespace, name)
+    return True
+
+
+@kopf.daemon(*GRANTS, when=_is_live, cancellation_timeout=5.0)
+async def tend_grant(
     name: str | None,
     namespace: str | None,
-    status: kopf.Status,
-    meta: kopf.Meta,
+    uid: str | None,
+    body: kopf.Body,
     stopped: kopf.DaemonStopped,
     memo: kopf.Memo,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
-    """Sleep until expiresAt, then blank the delivery Secret first and mark the grant Expired.
+    """One per live grant: binding check, use settling, renewal, and expiry at expiresAt.
 
-    kopf restarts daemons on operator start, so overdue grants expire at once.
+    kopf starts daemons when the operator starts, so a grant whose ServiceAccount
+    changed or whose TTL ran out while the operator was away is handled at once.
     """
     namespace, name = namespace or "", name or ""
-    while not stopped:
-        at = expires_at(dict(status))
-        if at is None:
-            await stopped.wait(30)
-            continue
-        delay = (at - now()).total_seconds()
-        if delay > 0:
-            await stopped.wait(min(delay, 30.0))
-            continue
-        secret = (status.get("delivery") or {}).get("secretName") or delivery_secret_name(name)
-        await memo.kube.blank_secret(namespace, secret, {ANNOTATION_STATE: "expired"})
-        await memo.kube.patch_grant_status(
-            namespace, name, expired_status(generation=meta.get("generation"), status=dict(status))
+    status = dict(body.get("status") or {})
+    broken = await _binding_broken(memo, namespace, status)
+    if broken:
+        generation = (body.get("metadata") or {}).get("generation")
+        await _end_grant(
+            memo,
+            namespace,
+            name,
+            status,
+            revoked_status(broken, generation=generation, status=status),
         )
-        log.info("grant %s/%s expired; its delivery Secret was emptied", namespace, name)
         return
+    renewal_given_up_for: str | None = None
+    while not stopped:
+        status = dict(body.get("status") or {})
+        if status.get("phase") not in LIVE_PHASES:
+            return
+        generation = (body.get("metadata") or {}).get("generation")
+        at = expires_at(status)
+        if at is not None and at <= now():
+            await _end_grant(
+                memo,
+                namespace,
+                name,
+                status,
+                expired_status(generation=generation, status=status),
+            )
+            return
+        renewal = (body.get("spec") or {}).get("renewal") or {}
+        renew_at = None
+        if renewal.get("enabled") and at is not None:
+            renew_at = at - dt.timedelta(seconds=int(renewal.get("beforeExpirySeconds", 30)))
+            due = renew_at <= now() or status.get("phase") == Phase.EXHAUSTED.value
+            if due and renewal_given_up_for != status.get("expiresAt"):
+                if await _renew(memo, body, namespace, name, uid or "", kwargs):
+                    await stopped.wait(1.0)  # let the watch bring the renewed status
+                    continue
+                renewal_given_up_for = status.get("expiresAt")
+        wait = IDLE_INTERVAL_SECONDS
+        deadlines = [d for d in (at, renew_at) if d is not None and d > now()]
+        if deadlines:
+            wait = min(wait, max(0.05, (min(deadlines) - now()).total_seconds()))
+        await stopped.wait(wait)
+
+
+def _has_reservations(status: kopf.Status, **_: Any) -> bool:
+    return bool(status.get("reservations"))
+
+
+@kopf.timer(*GRANTS, interval=SETTLE_INTERVAL_SECONDS, when=_has_reservations)
+async def settle_uses(name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """While uses are reserved, confirm or release them (see ``uses``)."""
+    await _settle_uses(memo, namespace or "", name or "")
+
+
+@kopf.on.delete(*GRANTS, when=_is_live)
+async def revoke_on_delete(
+    name: str | None, namespace: str | None, status: kopf.Status, memo: kopf.Memo, **_: Any
+) -> None:
+    """A deleted live grant is revoked first: its Secret is blanked before GC removes it."""
+    namespace, name = namespace or "", name or ""
+    await memo.kube.blank_secret(
+        namespace, _secret_of(name, dict(status)), {ANNOTATION_STATE: "revoked"}
+    )
+    log.info("grant %s/%s deleted; its delivery Secret was emptied", namespace, name)
+
+
+@kopf.on.event("serviceaccounts")
+async def service_account_gone(
+    type: str, name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """Revoke the live grants bound to a ServiceAccount that was deleted."""
+    if type != "DELETED" or not namespace:
+        return
+    for grant in await memo.kube.list_grants(namespace):
+        status = grant.get("status") or {}
+        if status.get("phase") not in LIVE_PHASES:
+            continue
+        if (status.get("binding") or {}).get("serviceAccountName") != name:
+            continue
+        generation = (grant.get("metadata") or {}).get("generation")
+        message = f"ServiceAccount {name!r} was deleted; the grant is revoked"
+        await _end_grant(
+            memo,
+            namespace,
+            grant["metadata"]["name"],
+            status,
+            revoked_status(message, generation=generation, status=status),
+        )
 
 
 @kopf.on.resume(*TENANTS)

@@ -98,6 +98,91 @@ class KubeClient:
 
         return await asyncio.to_thread(call)
 
+    async def replace_grant_status(self, namespace: str, obj: dict[str, Any]) -> bool:
+        """Write ``obj``'s status at the resourceVersion it was read at; False on a conflict."""
+
+        def call() -> bool:
+            try:
+                self._custom.replace_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    "secretgrantrequests",
+                    obj["metadata"]["name"],
+                    obj,
+                )
+            except ApiException as err:
+                if err.status == 409:
+                    return False
+                raise
+            return True
+
+        return await asyncio.to_thread(call)
+
+    async def list_grants(self, namespace: str) -> list[dict[str, Any]]:
+        def call() -> list[dict[str, Any]]:
+            out = self._custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, "secretgrantrequests"
+            )
+            return list(out.get("items") or [])
+
+        return await asyncio.to_thread(call)
+
+    async def list_pod_annotations(
+        self, namespace: str, label_selector: str
+    ) -> list[dict[str, Any]]:
+        """Pods' metadata only (name and annotations), for reservation bookkeeping."""
+
+        def call() -> list[dict[str, Any]]:
+            pods = self._core.list_namespaced_pod(namespace, label_selector=label_selector)
+            return [
+                {"metadata": {"name": p.metadata.name, "annotations": p.metadata.annotations or {}}}
+                for p in pods.items
+            ]
+
+        return await asyncio.to_thread(call)
+
+    async def apply_webhook_configuration(self, body: dict[str, Any]) -> None:
+        """Create the (Mutating|Validating)WebhookConfiguration, or bring it to ``body``."""
+        admission = client.AdmissionregistrationV1Api(self._api)
+        mutating = body["kind"] == "MutatingWebhookConfiguration"
+        create = (
+            admission.create_mutating_webhook_configuration
+            if mutating
+            else admission.create_validating_webhook_configuration
+        )
+        patch = (
+            admission.patch_mutating_webhook_configuration
+            if mutating
+            else admission.patch_validating_webhook_configuration
+        )
+
+        def call() -> None:
+            try:
+                create(body)
+            except ApiException as err:
+                if err.status != 409:
+                    raise
+                patch(body["metadata"]["name"], body)
+
+        await asyncio.to_thread(call)
+
+    async def delete_webhook_configurations(self, name: str) -> None:
+        admission = client.AdmissionregistrationV1Api(self._api)
+
+        def call() -> None:
+            for delete in (
+                admission.delete_mutating_webhook_configuration,
+                admission.delete_validating_webhook_configuration,
+            ):
+                try:
+                    delete(name)
+                except ApiException as err:
+                    if err.status != 404:
+                        raise
+
+        await asyncio.to_thread(call)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._api.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import kopf
 
@@ -11,6 +12,9 @@ __all__ = ["run_operator"]
 
 def run_operator(*, namespace: str | None, liveness: str | None, verbose: bool = False) -> int:
     import secretgrants.handlers  # noqa: F401  (registers the handlers)
+
+    if namespace:  # the settings (webhook namespaceSelector) follow what is watched
+        os.environ["SECRETGRANTS_NAMESPACE"] = namespace
 
     kopf.configure(verbose=verbose)
     asyncio.run(

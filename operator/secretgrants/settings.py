@@ -149,6 +149,73 @@ class Settings(BaseSettings):
         description="Watch one namespace only; all namespaces when unset.",
     )
 
+    operator_namespace: str = Field(
+        default="secretgrants-system",
+        validation_alias=AliasChoices("SECRETGRANTS_OPERATOR_NAMESPACE", "operator_namespace"),
+        description="Where the operator runs; its webhooks never apply there.",
+    )
+    # --- pod admission webhook ---
+    webhook_enabled: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("SECRETGRANTS_WEBHOOK_ENABLED", "webhook_enabled"),
+        description="Serve the pod admission webhook (the PEP at the point of use).",
+    )
+    webhook_address: str = Field(
+        default="0.0.0.0",  # noqa: S104  (inside a pod; tests and dev bind 127.0.0.1)
+        validation_alias=AliasChoices("SECRETGRANTS_WEBHOOK_ADDRESS", "webhook_address"),
+    )
+    webhook_port: int = Field(
+        default=9443,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("SECRETGRANTS_WEBHOOK_PORT", "webhook_port"),
+    )
+    webhook_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETGRANTS_WEBHOOK_URL", "webhook_url"),
+        description="Base URL the apiserver calls (outside a cluster); else the Service below.",
+    )
+    webhook_service: str = Field(
+        default="secretgrants-webhook",
+        validation_alias=AliasChoices("SECRETGRANTS_WEBHOOK_SERVICE", "webhook_service"),
+        description="Service in the operator namespace that fronts the webhook.",
+    )
+    webhook_cert_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETGRANTS_WEBHOOK_CERT_DIR", "webhook_cert_dir"),
+        description="tls.crt, tls.key and ca.crt (e.g. from cert-manager); self-signed when unset.",
+    )
+    webhook_manage_config: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("SECRETGRANTS_WEBHOOK_MANAGE", "webhook_manage_config"),
+        description="Create the webhook configurations and keep their caBundle current.",
+    )
+    webhook_config_name: str = Field(
+        default="secretgrants",
+        validation_alias=AliasChoices("SECRETGRANTS_WEBHOOK_CONFIG_NAME", "webhook_config_name"),
+    )
+    webhook_failure_policy: str = Field(
+        default="Fail",
+        pattern="^(Fail|Ignore)$",
+        validation_alias=AliasChoices(
+            "SECRETGRANTS_WEBHOOK_FAILURE_POLICY", "webhook_failure_policy"
+        ),
+    )
+    webhook_timeout_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=30,
+        validation_alias=AliasChoices("SECRETGRANTS_WEBHOOK_TIMEOUT", "webhook_timeout_seconds"),
+    )
+    reservation_window_seconds: int = Field(
+        default=30,
+        ge=1,
+        validation_alias=AliasChoices(
+            "SECRETGRANTS_RESERVATION_WINDOW", "reservation_window_seconds"
+        ),
+        description="How long a counted use waits for its pod to appear before it is released.",
+    )
+
     @field_validator("tenant_allowed_mounts", mode="before")
     @classmethod
     def _split_mounts(cls, value: object) -> object:

@@ -231,6 +231,13 @@ class DeliveredStatus(KubeModel):
     version: int | None = Field(default=None, description="Provider version delivered.")
 
 
+class UseReservation(KubeModel):
+    """A use the admission webhook counted for a pod not yet seen created."""
+
+    id: str = Field(description="Reservation id; the admitted pod carries it in an annotation.")
+    reserved_at: dt.datetime = Field(description="When the use was reserved.")
+
+
 class SecretGrantRequestStatus(KubeModel):
     """What the operator decided and delivered. Never holds a secret value or the URI."""
 
@@ -247,6 +254,13 @@ class SecretGrantRequestStatus(KubeModel):
     expires_at: dt.datetime | None = Field(default=None, description="When the grant expires.")
     uses_consumed: int | None = Field(default=None, description="Uses consumed so far.")
     uses_remaining: int | None = Field(default=None, description="Uses left; unlimited when unset.")
+    reservations: list[UseReservation] | None = Field(
+        default=None,
+        description=(
+            "Uses counted for admitted pods not yet confirmed; released when no created pod "
+            "carries them within the reservation window."
+        ),
+    )
     binding: Binding | None = Field(default=None, description="What the grant is bound to.")
     delivery: DeliveredStatus | None = Field(default=None, description="What was delivered.")
     resource_ref: str | None = Field(

@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from secretgrants.devenv.pki import new_ca, new_rsa_key_pem, write_pair
 from secretgrants.devenv.processes import ManagedProcess, binary, free_port
+from secretgrants.pki import new_ca, new_rsa_key_pem, write_pair
 
 __all__ = ["LocalControlPlane"]
 

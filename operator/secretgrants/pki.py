@@ -1,4 +1,4 @@
-"""Keys and certificates for the local control plane and the webhook, made with ``cryptography``."""
+"""Keys and certificates (the webhook serving certificate, and the local control plane's PKI), made with ``cryptography``."""
 
 from __future__ import annotations
 

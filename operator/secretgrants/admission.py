@@ -1,0 +1,324 @@
+"""The PEP at the point of use: what the pod admission webhook decides, as pure functions.
+
+A pod opts in with the label ``secretgrants.io/inject: "true"`` (the webhook's
+objectSelector) and the annotation ``secretgrants.io/grants: db,api-key``.
+For each named grant the mutating webhook checks that the grant is Granted,
+unexpired, has uses left and is bound to the pod's ServiceAccount, then
+injects one read-only projected volume per grant under
+``/var/run/secretgrants/<grant>/``. The validating webhook denies any pod
+that mounts a delivery Secret directly under another ServiceAccount.
+
+Everything here is pure: the webhook server reads the grants and Secrets and
+calls these. Messages name grants and ServiceAccounts, never secret paths.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from secretgrants.api.common import GROUP
+from secretgrants.api.grant import SecretGrantRequestSpec
+from secretgrants.reasons import Phase
+
+__all__ = [
+    "ANNOTATION_GRANTS",
+    "ANNOTATION_RESERVATIONS",
+    "LABEL_INJECT",
+    "MOUNT_ROOT",
+    "AdmissionDenied",
+    "GrantMount",
+    "check_grant_for_pod",
+    "direct_secret_mounts",
+    "grant_mount",
+    "injection_patch",
+    "pod_service_account",
+    "requested_grants",
+    "reservation_ids",
+]
+
+LABEL_INJECT = f"{GROUP}/inject"
+ANNOTATION_GRANTS = f"{GROUP}/grants"
+ANNOTATION_RESERVATIONS = f"{GROUP}/reservations"
+MOUNT_ROOT = "/var/run/secretgrants"
+MAX_GRANTS_PER_POD = 16
+TOKEN_EXPIRATION_SECONDS = 600
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+class AdmissionDenied(Exception):
+    """A pod is refused; ``reason`` is a CamelCase word, ``message`` a sentence for a person."""
+
+    def __init__(self, reason: str, message: str, *, code: int = 403) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class GrantMount:
+    """What the mutating webhook injects for one grant."""
+
+    grant: str
+    secret_name: str
+    items: tuple[tuple[str, str, int | None], ...]  # (key, path, mode)
+    default_mode: int
+    containers: tuple[str, ...] | None
+    audience: str | None  # project a ServiceAccount token for this audience too
+
+    @property
+    def volume_name(self) -> str:
+        return f"sg-{self.grant}"[:63].rstrip("-.")
+
+    @property
+    def mount_path(self) -> str:
+        return f"{MOUNT_ROOT}/{self.grant}"
+
+
+def pod_service_account(pod: Mapping[str, Any]) -> str:
+    """The ServiceAccount a pod runs as ("default" when the spec leaves it out)."""
+    spec = pod.get("spec") or {}
+    return str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
+
+
+def requested_grants(pod: Mapping[str, Any]) -> list[str]:
+    """The grant names in the pod's annotation, in order, without duplicates."""
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_GRANTS)
+    if raw is None or not raw.strip():
+        raise AdmissionDenied(
+            "NoGrantsRequested",
+            f"the pod carries the label {LABEL_INJECT} but no {ANNOTATION_GRANTS} annotation "
+            "naming the SecretGrantRequests to mount (e.g. 'db-creds,api-key')",
+            code=400,
+        )
+    names: list[str] = []
+    for part in raw.split(","):
+        name = part.strip()
+        if not name:
+            continue
+        if not _NAME.match(name):
+            raise AdmissionDenied(
+                "InvalidGrantName",
+                f"{ANNOTATION_GRANTS}: {name[:64]!r} is not a valid SecretGrantRequest name",
+                code=400,
+            )
+        if name not in names:
+            names.append(name)
+    if len(names) > MAX_GRANTS_PER_POD:
+        raise AdmissionDenied(
+            "TooManyGrants",
+            f"{ANNOTATION_GRANTS} names {len(names)} grants; at most {MAX_GRANTS_PER_POD} per pod",
+            code=400,
+        )
+    return names
+
+
+def _expires(status: Mapping[str, Any]) -> dt.datetime | None:
+    raw = status.get("expiresAt")
+    if not raw:
+        return None
+    return dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+
+
+def check_grant_for_pod(
+    name: str, grant: Mapping[str, Any] | None, service_account: str, at: dt.datetime
+) -> None:
+    """Raise AdmissionDenied unless ``grant`` may be used by a pod running as ``service_account``.
+
+    Uses are checked again (atomically) when the use is reserved; this is the
+    early, readable refusal.
+    """
+    if grant is None:
+        raise AdmissionDenied("GrantNotFound", f"SecretGrantRequest {name!r} does not exist")
+    status = grant.get("status") or {}
+    phase = status.get("phase") or Phase.PENDING.value
+    binding = status.get("binding") or {}
+    bound = binding.get("serviceAccountName")
+    if phase == Phase.EXHAUSTED.value:
+        raise AdmissionDenied(
+            "UsesExhausted", f"SecretGrantRequest {name!r} has no uses left (maxUses reached)"
+        )
+    if phase == Phase.EXPIRED.value:
+        raise AdmissionDenied("GrantExpired", f"SecretGrantRequest {name!r} has expired")
+    if phase != Phase.GRANTED.value:
+        raise AdmissionDenied(
+            "GrantNotGranted",
+            f"SecretGrantRequest {name!r} is {phase}, not Granted; "
+            f"see `kubectl describe sgr {name}` for why",
+        )
+    if bound != service_account:
+        raise AdmissionDenied(
+            "ServiceAccountMismatch",
+            f"SecretGrantRequest {name!r} is bound to ServiceAccount {bound!r}, "
+            f"but the pod runs as {service_account!r}",
+        )
+    expires = _expires(status)
+    if expires is not None and expires <= at:
+        raise AdmissionDenied("GrantExpired", f"SecretGrantRequest {name!r} has expired")
+    remaining = status.get("usesRemaining")
+    if remaining is not None and int(remaining) <= 0:
+        raise AdmissionDenied(
+            "UsesExhausted", f"SecretGrantRequest {name!r} has no uses left (maxUses reached)"
+        )
+    if not (status.get("delivery") or {}).get("secretName"):
+        raise AdmissionDenied(
+            "NotDelivered", f"SecretGrantRequest {name!r} has no delivery Secret yet"
+        )
+
+
+def grant_mount(name: str, grant: Mapping[str, Any], audience: str | None) -> GrantMount:
+    """The volume to inject for a checked grant."""
+    spec = SecretGrantRequestSpec.model_validate(grant.get("spec") or {})
+    status = grant.get("status") or {}
+    delivered = (status.get("delivery") or {}).get("keys") or []
+    if spec.delivery.items:
+        items = tuple((i.key, i.path or i.key, i.mode) for i in spec.delivery.items)
+    else:
+        items = tuple((k, k, None) for k in sorted(delivered))
+    return GrantMount(
+        grant=name,
+        secret_name=str(status["delivery"]["secretName"]),
+        items=items,
+        default_mode=spec.delivery.default_mode,
+        containers=tuple(spec.delivery.containers) if spec.delivery.containers else None,
+        audience=audience if spec.delivery.audience_token else None,
+    )
+
+
+def _volume(mount: GrantMount) -> dict[str, Any]:
+    secret_items = []
+    for key, path, mode in mount.items:
+        item: dict[str, Any] = {"key": key, "path": path}
+        if mode is not None:
+            item["mode"] = mode
+        secret_items.append(item)
+    sources: list[dict[str, Any]] = [
+        {"secret": {"name": mount.secret_name, "items": secret_items, "optional": False}}
+    ]
+    if mount.audience:
+        sources.append(
+            {
+                "serviceAccountToken": {
+                    "audience": mount.audience,
+                    "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+                    "path": "token",
+                }
+            }
+        )
+    return {
+        "name": mount.volume_name,
+        "projected": {"sources": sources, "defaultMode": mount.default_mode},
+    }
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def injection_patch(
+    pod: Mapping[str, Any], mounts: Sequence[GrantMount], reservations: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """JSON Patch (RFC 6902) adding the volumes, the read-only mounts and the reservation ids."""
+    spec = pod.get("spec") or {}
+    ops: list[dict[str, Any]] = []
+    existing_volumes = {v.get("name") for v in spec.get("volumes") or []}
+    for mount in mounts:
+        if mount.volume_name in existing_volumes:
+            raise AdmissionDenied(
+                "VolumeConflict",
+                f"the pod already has a volume named {mount.volume_name!r}",
+                code=400,
+            )
+    if not spec.get("volumes"):
+        ops.append({"op": "add", "path": "/spec/volumes", "value": []})
+    for mount in mounts:
+        ops.append({"op": "add", "path": "/spec/volumes/-", "value": _volume(mount)})
+
+    for kind in ("initContainers", "containers"):
+        for index, container in enumerate(spec.get(kind) or []):
+            cname = container.get("name")
+            wanted = [m for m in mounts if m.containers is None or cname in m.containers]
+            if not wanted:
+                continue
+            base = f"/spec/{kind}/{index}/volumeMounts"
+            if not container.get("volumeMounts"):
+                ops.append({"op": "add", "path": base, "value": []})
+            for mount in wanted:
+                ops.append(
+                    {
+                        "op": "add",
+                        "path": f"{base}/-",
+                        "value": {
+                            "name": mount.volume_name,
+                            "mountPath": mount.mount_path,
+                            "readOnly": True,
+                        },
+                    }
+                )
+    for mount in mounts:
+        if mount.containers:
+            names = {c.get("name") for c in spec.get("containers") or []} | {
+                c.get("name") for c in spec.get("initContainers") or []
+            }
+            missing = [c for c in mount.containers if c not in names]
+            if missing:
+                raise AdmissionDenied(
+                    "ContainerNotFound",
+                    f"SecretGrantRequest {mount.grant!r} names container {missing[0]!r}, "
+                    "which the pod does not have",
+                    code=400,
+                )
+
+    if reservations:
+        value = ",".join(f"{g}={r}" for g, r in sorted(reservations.items()))
+        if not (pod.get("metadata") or {}).get("annotations"):
+            ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
+        ops.append(
+            {
+                "op": "add",
+                "path": f"/metadata/annotations/{_escape(ANNOTATION_RESERVATIONS)}",
+                "value": value,
+            }
+        )
+    return ops
+
+
+def reservation_ids(pods: Iterable[Mapping[str, Any]], grant: str) -> set[str]:
+    """The use reservations for ``grant`` that existing pods carry."""
+    found: set[str] = set()
+    for pod in pods:
+        raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_RESERVATIONS)
+        for part in (raw or "").split(","):
+            name, _, rid = part.partition("=")
+            if name.strip() == grant and rid.strip():
+                found.add(rid.strip())
+    return found
+
+
+def direct_secret_mounts(pod: Mapping[str, Any]) -> set[str]:
+    """Every Secret the pod uses: secret and projected volumes, envFrom and env secretKeyRefs."""
+    names: set[str] = set()
+    spec = pod.get("spec") or {}
+    for kind in ("initContainers", "containers", "ephemeralContainers"):
+        for container in spec.get(kind) or []:
+            for source in container.get("envFrom") or []:
+                ref = source.get("secretRef")
+                if ref and ref.get("name"):
+                    names.add(str(ref["name"]))
+            for env in container.get("env") or []:
+                ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                if ref and ref.get("name"):
+                    names.add(str(ref["name"]))
+    for volume in spec.get("volumes") or []:
+        secret = volume.get("secret")
+        if secret and secret.get("secretName"):
+            names.add(str(secret["secretName"]))
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            ref = source.get("secret")
+            if ref and ref.get("name"):
+                names.add(str(ref["name"]))
+    return names

@@ -1,0 +1,297 @@
+"""The pod admission webhook: an HTTPS server in the operator process, the PEP at the point of use.
+
+``/mutate-pods`` checks each grant a pod names, reserves one use per grant
+(compare-and-swap on the grant status), and injects the volumes.
+``/validate-pods`` refuses pods that use a delivery Secret the admission did
+not hand them. Decisions live in ``admission`` and ``uses``; this module
+reads, retries and answers AdmissionReviews.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import ssl
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from secretgrants.admission import (
+    ANNOTATION_RESERVATIONS,
+    AdmissionDenied,
+    GrantMount,
+    check_grant_for_pod,
+    direct_secret_mounts,
+    grant_mount,
+    injection_patch,
+    pod_service_account,
+    requested_grants,
+)
+from secretgrants.api.common import now
+from secretgrants.pki import new_ca
+from secretgrants.uses import release, reserve
+from secretgrants.webhook_config import MUTATE_PATH, VALIDATE_PATH
+
+__all__ = ["PodAdmission", "ServingCert", "WebhookServer", "serving_cert"]
+
+log = logging.getLogger("secretgrants.webhook")
+
+MAX_CAS_ATTEMPTS = 60
+DRY_RUN_RESERVATION = "dry-run"
+
+
+class GrantStore(Protocol):
+    """What the admission needs of the API (KubeClient implements it)."""
+
+    async def read_grant(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def replace_grant_status(self, namespace: str, obj: dict[str, Any]) -> bool: ...
+
+    async def list_grants(self, namespace: str) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class ServingCert:
+    cert_file: Path
+    key_file: Path
+    ca_pem: bytes
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+def serving_cert(
+    cert_dir: Path | None, *, dns_names: tuple[str, ...], ips: tuple[str, ...]
+) -> ServingCert:
+    """Mounted files (tls.crt, tls.key, ca.crt, e.g. from cert-manager), else a fresh self-signed CA."""
+    if cert_dir is not None:
+        ca_file = cert_dir / "ca.crt"
+        ca = ca_file.read_bytes() if ca_file.exists() else (cert_dir / "tls.crt").read_bytes()
+        return ServingCert(cert_dir / "tls.crt", cert_dir / "tls.key", ca)
+    ca_pair = new_ca("secretgrants-webhook-ca")
+    leaf = ca_pair.issue(dns_names[0], dns_names=dns_names, ips=ips, server=True)
+    directory = Path(tempfile.mkdtemp(prefix="secretgrants-webhook-"))
+    cert_file, key_file = directory / "tls.crt", directory / "tls.key"
+    cert_file.write_bytes(leaf.cert_pem + ca_pair.cert_pem)
+    key_file.touch(mode=0o600)
+    key_file.write_bytes(leaf.key_pem)
+    return ServingCert(cert_file, key_file, ca_pair.cert_pem)
+
+
+class PodAdmission:
+    """The checks and the use accounting, over a GrantStore."""
+
+    def __init__(self, store: GrantStore, *, audience: str | None) -> None:
+        self.store = store
+        self.audience = audience
+
+    async def mutate(
+        self, pod: Mapping[str, Any], namespace: str, *, dry_run: bool
+    ) -> list[dict[str, Any]]:
+        names = requested_grants(pod)
+        service_account = pod_service_account(pod)
+        at = now()
+        mounts: list[GrantMount] = []
+        for name in names:
+            grant = await self.store.read_grant(namespace, name)
+            check_grant_for_pod(name, grant, service_account, at)
+            assert grant is not None
+            mounts.append(grant_mount(name, grant, self.audience))
+        # Shape errors (volume or container conflicts) refuse the pod before any use is counted.
+        injection_patch(pod, mounts, {})
+        if dry_run:
+            return injection_patch(pod, mounts, dict.fromkeys(names, DRY_RUN_RESERVATION))
+        reserved: dict[str, str] = {}
+        try:
+            for name in names:
+                rid = uuid.uuid4().hex[:16]
+                await self._reserve(namespace, name, rid, service_account)
+                reserved[name] = rid
+        except BaseException:
+            await asyncio.shield(self._release_all(namespace, reserved))
+            raise
+        return injection_patch(pod, mounts, reserved)
+
+    async def _reserve(self, namespace: str, name: str, rid: str, service_account: str) -> None:
+        for attempt in range(MAX_CAS_ATTEMPTS):
+            grant = await self.store.read_grant(namespace, name)
+            check_grant_for_pod(name, grant, service_account, now())
+            assert grant is not None
+            meta = grant.get("metadata") or {}
+            status = reserve(grant.get("status") or {}, rid, generation=meta.get("generation"))
+            if await self.store.replace_grant_status(namespace, {**grant, "status": status}):
+                return
+            await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))  # noqa: S311
+        raise AdmissionDenied(
+            "TooManyConcurrentUses",
+            f"SecretGrantRequest {name!r} is being used by too many pods at once; retry",
+            code=429,
+        )
+
+    async def _release_all(self, namespace: str, reserved: Mapping[str, str]) -> None:
+        for name, rid in reserved.items():
+            try:
+                await self.release(namespace, name, {rid})
+            except Exception:
+                log.exception("could not give back a use of grant %s/%s", namespace, name)
+
+    async def release(self, namespace: str, name: str, rids: set[str]) -> None:
+        for _ in range(MAX_CAS_ATTEMPTS):
+            grant = await self.store.read_grant(namespace, name)
+            if grant is None:
+                return
+            meta = grant.get("metadata") or {}
+            status = release(grant.get("status") or {}, rids, generation=meta.get("generation"))
+            if status == (grant.get("status") or {}):
+                return
+            if await self.store.replace_grant_status(namespace, {**grant, "status": status}):
+                return
+        raise RuntimeError(f"could not release uses of {namespace}/{name}: too many conflicts")
+
+    async def validate(self, pod: Mapping[str, Any], namespace: str) -> None:
+        """Refuse a pod that uses a delivery Secret the mutating webhook did not give it.
+
+        Delivery Secrets are found through the grants' status (the operator has no
+        right to read Secrets back), and only for pods that use an ``sg-`` Secret.
+        """
+        candidates = {n for n in direct_secret_mounts(pod) if n.startswith("sg-")}
+        if not candidates:
+            return
+        service_account = pod_service_account(pod)
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        injected = {
+            part.partition("=")[0].strip()
+            for part in str(annotations.get(ANNOTATION_RESERVATIONS) or "").split(",")
+        }
+        for grant in await self.store.list_grants(namespace):
+            status = grant.get("status") or {}
+            secret_name = (status.get("delivery") or {}).get("secretName")
+            if secret_name not in candidates:
+                continue
+            name = str((grant.get("metadata") or {}).get("name"))
+            bound = (status.get("binding") or {}).get("serviceAccountName")
+            if bound != service_account:
+                raise AdmissionDenied(
+                    "ServiceAccountMismatch",
+                    f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}, which is "
+                    f"bound to another ServiceAccount; the pod runs as {service_account!r}",
+                )
+            if name not in injected:
+                raise AdmissionDenied(
+                    "DirectMountNotAllowed",
+                    f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}: request it "
+                    "with the secretgrants.io/grants annotation and the secretgrants.io/inject "
+                    "label so the use is checked and counted, instead of mounting it directly",
+                )
+
+
+def _review_response(uid: str, *, patch: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    if patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+
+
+def _review_denial(uid: str, denied: AdmissionDenied) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": uid,
+            "allowed": False,
+            "status": {
+                "code": denied.code,
+                "reason": denied.reason,
+                "message": f"secretgrants: {denied.message}",
+            },
+        },
+    }
+
+
+class WebhookServer:
+    """aiohttp over TLS; one AdmissionReview per request."""
+
+    def __init__(self, admission: PodAdmission, cert: ServingCert) -> None:
+        self.admission = admission
+        self.cert = cert
+        self._runner: web.AppRunner | None = None
+        self.latencies: list[float] = []
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=4 << 20)
+        app.router.add_post(MUTATE_PATH, self._mutate)
+        app.router.add_post(VALIDATE_PATH, self._validate)
+        app.router.add_get("/healthz", self._health)
+        return app
+
+    async def start(self, address: str, port: int) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, address, port, ssl_context=self.cert.ssl_context())
+        await site.start()
+        log.info("admission webhook listening on https://%s:%d", address, port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def _mutate(self, request: web.Request) -> web.Response:
+        return await self._review(request, mutate=True)
+
+    async def _validate(self, request: web.Request) -> web.Response:
+        return await self._review(request, mutate=False)
+
+    async def _review(self, request: web.Request, *, mutate: bool) -> web.Response:
+        started = time.perf_counter()
+        try:
+            review = await request.json()
+            req = review["request"]
+            uid = str(req["uid"])
+            pod = req.get("object") or {}
+            namespace = str(req.get("namespace") or (pod.get("metadata") or {}).get("namespace"))
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"title": "malformed AdmissionReview", "status": 400}, status=400
+            )
+        pod_name = (pod.get("metadata") or {}).get("name") or (pod.get("metadata") or {}).get(
+            "generateName", "?"
+        )
+        try:
+            if mutate:
+                patch = await self.admission.mutate(pod, namespace, dry_run=bool(req.get("dryRun")))
+                body = _review_response(uid, patch=patch)
+                log.info("pod %s/%s admitted with its grants", namespace, pod_name)
+            else:
+                await self.admission.validate(pod, namespace)
+                body = _review_response(uid)
+        except AdmissionDenied as denied:
+            log.info("pod %s/%s denied: %s", namespace, pod_name, denied.reason)
+            body = _review_denial(uid, denied)
+        except Exception:
+            log.exception("admission of pod %s/%s failed", namespace, pod_name)
+            body = _review_denial(
+                uid,
+                AdmissionDenied(
+                    "InternalError", "the admission check failed; see the operator log", code=500
+                ),
+            )
+        self.latencies.append(time.perf_counter() - started)
+        del self.latencies[:-10_000]
+        return web.json_response(body)

@@ -1,0 +1,130 @@
+"""The Mutating- and ValidatingWebhookConfiguration the operator keeps in place. Pure builders.
+
+Choices (explained in the README):
+- failurePolicy Fail for both: a pod that asks for a grant must not start
+  without the check, and a pod must not mount a delivery Secret unchecked.
+  The cost is that such pods cannot be created while the webhook is down.
+- The mutating webhook sees only pods that opt in (objectSelector on the
+  inject label); the validating webhook sees every pod, in every namespace
+  but the operator's own and kube-system, and is cheap for pods that use no
+  delivery Secret (no API call).
+- sideEffects NoneOnDryRun: a dry-run admission counts no use.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+from secretgrants.admission import LABEL_INJECT
+
+__all__ = ["MUTATE_PATH", "VALIDATE_PATH", "client_config", "mutating", "validating"]
+
+MUTATE_PATH = "/mutate-pods"
+VALIDATE_PATH = "/validate-pods"
+_POD_RULE = {
+    "apiGroups": [""],
+    "apiVersions": ["v1"],
+    "resources": ["pods"],
+    "operations": ["CREATE"],
+    "scope": "Namespaced",
+}
+
+
+def client_config(
+    ca_pem: bytes,
+    path: str,
+    *,
+    url: str | None,
+    service: str,
+    namespace: str,
+    port: int,
+) -> dict[str, Any]:
+    """Where the apiserver calls: a URL outside a cluster, else the operator's Service."""
+    bundle = base64.b64encode(ca_pem).decode()
+    if url:
+        return {"url": url.rstrip("/") + path, "caBundle": bundle}
+    return {
+        "service": {"name": service, "namespace": namespace, "path": path, "port": port},
+        "caBundle": bundle,
+    }
+
+
+def _namespace_selector(namespaces: Sequence[str], operator_namespace: str) -> dict[str, Any]:
+    key = "kubernetes.io/metadata.name"
+    if namespaces:
+        return {"matchExpressions": [{"key": key, "operator": "In", "values": sorted(namespaces)}]}
+    return {
+        "matchExpressions": [
+            {"key": key, "operator": "NotIn", "values": [operator_namespace, "kube-system"]}
+        ]
+    }
+
+
+def _common(
+    failure_policy: str, timeout_seconds: int, namespaces: Sequence[str], operator_namespace: str
+) -> dict[str, Any]:
+    return {
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "NoneOnDryRun",
+        "failurePolicy": failure_policy,
+        "matchPolicy": "Equivalent",
+        "timeoutSeconds": timeout_seconds,
+        "rules": [_POD_RULE],
+        "namespaceSelector": _namespace_selector(namespaces, operator_namespace),
+    }
+
+
+def _meta(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "labels": {"app.kubernetes.io/name": "secretgrants", "app.kubernetes.io/managed-by": name},
+    }
+
+
+def mutating(
+    name: str,
+    client: dict[str, Any],
+    *,
+    failure_policy: str = "Fail",
+    timeout_seconds: int = 5,
+    namespaces: Sequence[str] = (),
+    operator_namespace: str = "secretgrants-system",
+) -> dict[str, Any]:
+    webhook = {
+        "name": "pods.mutate.secretgrants.io",
+        "clientConfig": client,
+        "objectSelector": {"matchLabels": {LABEL_INJECT: "true"}},
+        # Run once: a second pass would count a second use for the same pod.
+        "reinvocationPolicy": "Never",
+        **_common(failure_policy, timeout_seconds, namespaces, operator_namespace),
+    }
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": _meta(name),
+        "webhooks": [webhook],
+    }
+
+
+def validating(
+    name: str,
+    client: dict[str, Any],
+    *,
+    failure_policy: str = "Fail",
+    timeout_seconds: int = 5,
+    namespaces: Sequence[str] = (),
+    operator_namespace: str = "secretgrants-system",
+) -> dict[str, Any]:
+    webhook = {
+        "name": "pods.validate.secretgrants.io",
+        "clientConfig": client,
+        **_common(failure_policy, timeout_seconds, namespaces, operator_namespace),
+    }
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": _meta(name),
+        "webhooks": [webhook],
+    }

@@ -1,0 +1,324 @@
+"""The grant lifecycle at the point of use: the pod admission webhook, uses, revocation, renewal.
+
+What goes in: a namespace with a tenant, ServiceAccounts ``app`` and
+``other``, the operator (built-in PDP, real Vault) serving its webhook on
+127.0.0.1 and registering it with the real apiserver, and pods that ask for
+grants. There is no kubelet, so pods stay Pending: admission, the injected
+volumes, the Secrets and the grant status are what is checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import hvac
+import pytest
+
+from secretgrants.devenv import VaultDevServer
+from tests.conftest import SECRET_VALUE, Cluster, OperatorProcess
+from tests.e2e.kube import apply, condition, eventually, get, grant, tenant
+
+URI = "vault+kv2://secret/e2e/db#password"
+
+
+@pytest.fixture
+def ready_namespace(cluster: Cluster, namespace: str) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    apply(cluster, tenant(name, "e2e", ["vault+kv2://secret"], namespaces=[namespace]))
+    cluster.kubectl("create", "serviceaccount", "app", "-n", namespace)
+    cluster.kubectl("create", "serviceaccount", "other", "-n", namespace)
+    yield namespace
+    cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def core(cluster: Cluster) -> Any:
+    import kubernetes
+
+    api = kubernetes.config.new_client_from_config(str(cluster.kubeconfig))
+    yield kubernetes.client.CoreV1Api(api)
+    api.close()
+
+
+def pod(
+    name: str,
+    *,
+    sa: str = "app",
+    grants: str | None = "db",
+    inject: bool = True,
+    volumes: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {}, "annotations": {}}
+    if inject:
+        meta["labels"]["secretgrants.io/inject"] = "true"
+    if grants is not None:
+        meta["annotations"]["secretgrants.io/grants"] = grants
+    spec: dict[str, Any] = {
+        "serviceAccountName": sa,
+        "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+    }
+    if volumes:
+        spec["volumes"] = volumes
+        spec["containers"][0]["volumeMounts"] = [
+            {"name": v["name"], "mountPath": f"/mnt/{v['name']}"} for v in volumes
+        ]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+def create_pod(cluster: Cluster, ns: str, body: dict[str, Any], *args: str) -> tuple[bool, str]:
+    import json
+
+    proc = cluster.kubectl(
+        "create", "-n", ns, "-f", "-", *args, input=json.dumps(body), check=False
+    )
+    return proc.returncode == 0, proc.stderr
+
+
+def wait_phase(
+    cluster: Cluster, name: str, ns: str, phase: str, timeout: float = 30
+) -> dict[str, Any]:
+    def check() -> dict[str, Any]:
+        obj = get(cluster, "sgr", name, ns)
+        assert (obj.get("status") or {}).get("phase") == phase, obj.get("status")
+        return obj
+
+    return eventually(check, timeout=timeout)
+
+
+def secret_values(cluster: Cluster, ns: str, name: str) -> dict[str, str]:
+    obj = get(cluster, "secret", name, ns)
+    return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+
+
+def granted(
+    cluster: Cluster, ns: str, name: str = "db", uri: str = URI, **spec: Any
+) -> dict[str, Any]:
+    apply(cluster, grant(name, ns, uri, **spec))
+    return wait_phase(cluster, name, ns, "Granted")
+
+
+def test_pod_admitted_with_its_volume_and_the_use_counted(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess
+) -> None:
+    ns = ready_namespace
+    obj = granted(cluster, ns, maxUses=3)
+    secret = obj["status"]["delivery"]["secretName"]
+    ok, err = create_pod(cluster, ns, pod("web"))
+    assert ok, err
+    created = get(cluster, "pod", "web", ns)
+    volume = next(v for v in created["spec"]["volumes"] if v["name"] == "sg-db")
+    assert volume["projected"]["sources"][0]["secret"]["name"] == secret
+    assert volume["projected"]["defaultMode"] == 0o400
+    mount = next(
+        m for m in created["spec"]["containers"][0]["volumeMounts"] if m["name"] == "sg-db"
+    )
+    assert mount == {"name": "sg-db", "mountPath": "/var/run/secretgrants/db", "readOnly": True}
+    assert created["metadata"]["annotations"]["secretgrants.io/reservations"].startswith("db=")
+    assert secret_values(cluster, ns, secret) == {"password": SECRET_VALUE}
+
+    def counted() -> dict[str, Any]:
+        st = get(cluster, "sgr", "db", ns)["status"]
+        assert st["usesConsumed"] == 1 and st["usesRemaining"] == 2
+        assert not st.get("reservations")  # confirmed: the pod exists
+        return st
+
+    eventually(counted, timeout=20)
+    # A dry run admits and counts nothing.
+    ok, err = create_pod(cluster, ns, pod("dry"), "--dry-run=server")
+    assert ok, err
+    assert get(cluster, "sgr", "db", ns)["status"]["usesConsumed"] == 1
+    assert SECRET_VALUE not in operator.log()
+
+
+def test_denials_say_why(cluster: Cluster, ready_namespace: str, operator: OperatorProcess) -> None:
+    ns = ready_namespace
+    obj = granted(cluster, ns)
+    secret = obj["status"]["delivery"]["secretName"]
+
+    ok, err = create_pod(cluster, ns, pod("wrong-sa", sa="other"))
+    assert not ok and "bound to ServiceAccount 'app'" in err and "'other'" in err
+
+    ok, err = create_pod(cluster, ns, pod("missing", grants="nope"))
+    assert not ok and "SecretGrantRequest 'nope' does not exist" in err
+
+    ok, err = create_pod(cluster, ns, pod("no-annotation", grants=None))
+    assert not ok and "secretgrants.io/grants" in err
+
+    direct = [{"name": "stolen", "secret": {"secretName": secret}}]
+    ok, err = create_pod(
+        cluster, ns, pod("direct-other", sa="other", grants=None, inject=False, volumes=direct)
+    )
+    assert not ok and "bound to another ServiceAccount" in err
+
+    ok, err = create_pod(cluster, ns, pod("direct-same", grants=None, inject=False, volumes=direct))
+    assert not ok and "instead of mounting it directly" in err
+
+    # An ordinary pod is untouched by both webhooks.
+    ok, err = create_pod(cluster, ns, pod("plain", grants=None, inject=False))
+    assert ok, err
+    assert "secretgrants.io/reservations" not in (
+        get(cluster, "pod", "plain", ns)["metadata"].get("annotations") or {}
+    )
+
+
+def test_thirty_concurrent_pods_against_five_uses_admit_exactly_five(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess, core: Any
+) -> None:
+    ns = ready_namespace
+    granted(cluster, ns, maxUses=5)
+
+    def create(i: int) -> bool:
+        try:
+            core.create_namespaced_pod(ns, pod(f"p{i}"))
+            return True
+        except Exception as err:
+            assert "no uses left" in str(err) or "too many pods at once" in str(err), str(err)
+            return False
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        results = list(pool.map(create, range(30)))
+    assert sum(results) == 5
+    st = get(cluster, "sgr", "db", ns)["status"]
+    assert st["usesConsumed"] == 5 and st["usesRemaining"] == 0
+    assert st["phase"] == "Exhausted"
+    assert condition(get(cluster, "sgr", "db", ns), "Ready")["reason"] == "Exhausted"  # type: ignore[index]
+    ok, err = create_pod(cluster, ns, pod("late"))
+    assert not ok and "no uses left" in err
+
+
+def test_a_use_counted_for_a_pod_refused_later_is_given_back(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess
+) -> None:
+    ns = ready_namespace
+    granted(cluster, ns, maxUses=2)
+    other = granted(cluster, ns, "theirs", "vault+kv2://secret/e2e-other/db", sa="other")
+    # Our mutating webhook counts a use of "db"; then the validating webhook refuses the pod
+    # because it also mounts another ServiceAccount's delivery Secret.
+    stolen = [
+        {"name": "stolen", "secret": {"secretName": other["status"]["delivery"]["secretName"]}}
+    ]
+    ok, err = create_pod(cluster, ns, pod("refused", volumes=stolen))
+    assert not ok and "bound to another ServiceAccount" in err
+    assert get(cluster, "sgr", "db", ns)["status"]["usesConsumed"] == 1
+
+    def released() -> None:
+        st = get(cluster, "sgr", "db", ns)["status"]
+        assert st["usesConsumed"] == 0 and st["usesRemaining"] == 2 and not st.get("reservations")
+
+    eventually(released, timeout=30)
+
+
+def test_service_account_deleted_or_recreated_revokes(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess
+) -> None:
+    ns = ready_namespace
+    obj = granted(cluster, ns)
+    secret = obj["status"]["delivery"]["secretName"]
+    cluster.kubectl("delete", "serviceaccount", "app", "-n", ns)
+    cluster.kubectl("create", "serviceaccount", "app", "-n", ns)
+    revoked = wait_phase(cluster, "db", ns, "Revoked")
+    assert "was deleted" in condition(revoked, "Ready")["message"]  # type: ignore[index]
+    assert secret_values(cluster, ns, secret) == {}
+    ok, err = create_pod(cluster, ns, pod("after"))
+    assert not ok and "Revoked" in err
+
+
+def test_recreated_service_account_while_the_operator_was_down_revokes_on_start(
+    cluster: Cluster, ready_namespace: str, start_operator_for: Callable[..., OperatorProcess]
+) -> None:
+    ns = ready_namespace
+    op = start_operator_for()
+    granted(cluster, ns)
+    os.killpg(op.proc.pid, signal.SIGKILL)
+    op.proc.wait()
+    cluster.kubectl("delete", "serviceaccount", "app", "-n", ns)
+    cluster.kubectl("create", "serviceaccount", "app", "-n", ns)
+    start_operator_for()
+    revoked = wait_phase(cluster, "db", ns, "Revoked")
+    assert "recreated" in condition(revoked, "Ready")["message"]  # type: ignore[index]
+
+
+def test_renewal_asks_again_and_delivers_the_rotated_value(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess, vault: VaultDevServer
+) -> None:
+    ns = ready_namespace
+    kv = hvac.Client(url=vault.addr, token=vault.root_token).secrets.kv.v2
+    path = f"e2e/renew-{uuid.uuid4().hex[:6]}"
+    kv.create_or_update_secret(path=path, secret={"password": "first"}, mount_point="secret")
+    apply(
+        cluster,
+        grant(
+            "rot",
+            ns,
+            f"vault+kv2://secret/{path}#password",
+            ttlSeconds=6,
+            renewal={"enabled": True, "beforeExpirySeconds": 3},
+        ),
+    )
+    first = wait_phase(cluster, "rot", ns, "Granted")["status"]
+    secret = first["delivery"]["secretName"]
+    assert secret_values(cluster, ns, secret) == {"password": "first"}
+    kv.create_or_update_secret(path=path, secret={"password": "second"}, mount_point="secret")
+
+    def renewed() -> dict[str, Any]:
+        st = get(cluster, "sgr", "rot", ns)["status"]
+        assert st["phase"] == "Granted" and st["decision"]["id"] != first["decision"]["id"]
+        assert st["expiresAt"] > first["expiresAt"] and st["delivery"]["version"] == 2
+        return st
+
+    eventually(renewed, timeout=20)
+    assert secret_values(cluster, ns, secret) == {"password": "second"}
+
+
+def test_deleting_a_live_grant_blanks_then_removes_it(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess
+) -> None:
+    ns = ready_namespace
+    obj = granted(cluster, ns)
+    assert obj["metadata"].get("finalizers") == ["secretgrants.io/finalizer"]
+    cluster.kubectl("delete", "sgr", "db", "-n", ns, "--wait=true", "--timeout=30s")
+    assert "grant " + ns + "/db deleted; its delivery Secret was emptied" in operator.log()
+    secret = obj["status"]["delivery"]["secretName"]
+
+    def collected() -> None:
+        got = cluster.kubectl("get", "secret", secret, "-n", ns, check=False)
+        assert got.returncode != 0 and "NotFound" in got.stderr
+
+    eventually(collected, timeout=30)
+
+
+def test_operator_killed_mid_handling_loses_no_grant_and_counts_no_use_twice(
+    cluster: Cluster, ready_namespace: str, start_operator_for: Callable[..., OperatorProcess]
+) -> None:
+    ns = ready_namespace
+    op = start_operator_for()
+    granted(cluster, ns, maxUses=5)
+    for i in range(2):
+        ok, err = create_pod(cluster, ns, pod(f"before-{i}"))
+        assert ok, err
+    for i in range(5):
+        apply(cluster, grant(f"g{i}", ns, URI))
+    os.killpg(op.proc.pid, signal.SIGKILL)  # some of the five are mid-handling or not seen yet
+    op.proc.wait()
+    op = start_operator_for()
+    for i in range(5):
+        wait_phase(cluster, f"g{i}", ns, "Granted")
+
+    def settled() -> None:
+        st = get(cluster, "sgr", "db", ns)["status"]
+        assert st["usesConsumed"] == 2 and st["usesRemaining"] == 3 and not st.get("reservations")
+
+    eventually(settled, timeout=30)
+    ok, err = create_pod(cluster, ns, pod("after"))
+    assert ok, err
+
+    def third() -> None:
+        assert get(cluster, "sgr", "db", ns)["status"]["usesConsumed"] == 3
+
+    eventually(third, timeout=10)

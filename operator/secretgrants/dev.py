@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from secretgrants.devenv import LocalControlPlane, VaultDevServer, tools_bin
+from secretgrants.devenv import LocalControlPlane, VaultDevServer, free_port, tools_bin
 
 __all__ = ["run_dev"]
 
@@ -52,6 +52,12 @@ def run_dev(*, workdir: Path | None, provider: str = "vault") -> int:
             "SECRETGRANTS_DEV_MODE": "true",
             "SECRETGRANTS_PDP": "builtin",
         }
+        webhook_port = free_port()  # the local apiserver calls the webhook on 127.0.0.1
+        env |= {
+            "SECRETGRANTS_WEBHOOK_ADDRESS": "127.0.0.1",
+            "SECRETGRANTS_WEBHOOK_PORT": str(webhook_port),
+            "SECRETGRANTS_WEBHOOK_URL": f"https://127.0.0.1:{webhook_port}",
+        }
         policy = root / "policy.yaml"
         policy.write_text(yaml.safe_dump(DEV_POLICY, sort_keys=False))
         env["SECRETGRANTS_POLICY_FILE"] = str(policy)
@@ -76,7 +82,9 @@ def run_dev(*, workdir: Path | None, provider: str = "vault") -> int:
             f"  export PATH={tools_bin()}:$PATH   # the kubectl built by hack/tools.sh\n"
             "  kubectl get secretgrants -A -o wide\n"
             "  kubectl describe sgr -n demo finance-ledger   # why it was rejected\n"
-            "  kubectl explain sgr.spec\n",
+            "  kubectl explain sgr.spec\n"
+            f"  kubectl apply -f {REPO / 'examples' / 'quickstart' / 'pod.yaml'}"
+            "   # a pod that mounts its grant\n",
             file=sys.stderr,
             flush=True,
         )

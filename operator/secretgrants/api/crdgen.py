@@ -148,7 +148,7 @@ def all_crds() -> list[dict[str, Any]]:
                     "jsonPath": ".spec.serviceAccountName",
                 },
                 {"name": "Uses-Left", "type": "integer", "jsonPath": ".status.usesRemaining"},
-                {"name": "Expires", "type": "date", "jsonPath": ".status.expiresAt"},
+                {"name": "Expires", "type": "string", "jsonPath": ".status.expiresAt"},
                 {
                     "name": "Reason",
                     "type": "string",

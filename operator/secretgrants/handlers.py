@@ -17,7 +17,7 @@ import kopf
 
 from secretgrants.admission import LABEL_INJECT, reservation_ids
 from secretgrants.api.common import GROUP, VERSION, ConditionStatus, now, set_condition
-from secretgrants.api.grant import SecretGrantRequestSpec
+from secretgrants.api.grant import SecretGrantRequestSpec, WorkloadRef
 from secretgrants.audit import resource_ref
 from secretgrants.delivery import (
     ANNOTATION_STATE,
@@ -44,6 +44,7 @@ from secretgrants.kube import KubeClient
 from secretgrants.policy import Decision, Effect, PolicyDecisionPoint, apply_obligations, build_pdp
 from secretgrants.providers import ProviderRegistry
 from secretgrants.reasons import ConditionType, Phase, Reason
+from secretgrants.restarts import RestartLimiter, restart_patch
 from secretgrants.settings import Settings
 from secretgrants.tenancy import Tenant, TenantSource, env_tenant
 from secretgrants.uses import settle
@@ -96,6 +97,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if memo.salt is None:
         log.warning("TENANT_SALT is not set: grants and audit records carry no resource_ref")
     log.info("providers configured: %s", ", ".join(memo.providers) or "none")
+    memo.restarts = RestartLimiter(cfg.restart_min_interval_seconds)
     memo.admission = PodAdmission(memo.kube, audience=cfg.secrets_audience)
     memo.webhook = None
     if cfg.webhook_enabled:
@@ -438,7 +440,29 @@ async def _renew(
     await memo.kube.patch_grant_status(namespace, name, result.status)
     kopf.info(body, reason="Renewed", message="the PDP permitted a renewal; value re-delivered")
     log.info("grant %s/%s renewed", namespace, name)
+    if parsed.renewal and parsed.renewal.restart_workloads:
+        await _restart_workloads(memo, body, namespace, parsed.renewal.restart_workloads)
     return True
+
+
+async def _restart_workloads(
+    memo: kopf.Memo, body: kopf.Body, namespace: str, workloads: list[WorkloadRef]
+) -> None:
+    """Roll the named workloads so their pods mount the new value (rate-limited)."""
+    limiter: RestartLimiter = memo.restarts
+    for ref in workloads:
+        if not limiter.allow(namespace, ref.kind, ref.name):
+            kopf.warn(
+                body,
+                reason="RestartSkipped",
+                message=f"{ref.kind} {ref.name} was restarted recently; not again yet",
+            )
+            continue
+        found = await memo.kube.patch_workload(namespace, ref.kind, ref.name, restart_patch(now()))
+        if found:
+            kopf.info(body, reason="Restarted", message=f"rollout restart of {ref.kind} {ref.name}")
+        else:
+            kopf.warn(body, reason="RestartFailed", message=f"{ref.kind} {ref.name} not found")
 
 
 @kopf.daemon(*GRANTS, when=_is_live, cancellation_timeout=5.0)

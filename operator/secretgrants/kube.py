@@ -183,6 +183,28 @@ class KubeClient:
 
         await asyncio.to_thread(call)
 
+    async def patch_workload(
+        self, namespace: str, kind: str, name: str, body: dict[str, Any]
+    ) -> bool:
+        """Patch a Deployment, StatefulSet or DaemonSet; False when it does not exist."""
+        apps = client.AppsV1Api(self._api)
+        patch = {
+            "Deployment": apps.patch_namespaced_deployment,
+            "StatefulSet": apps.patch_namespaced_stateful_set,
+            "DaemonSet": apps.patch_namespaced_daemon_set,
+        }[kind]
+
+        def call() -> bool:
+            try:
+                patch(name, namespace, body)
+            except ApiException as err:
+                if err.status == 404:
+                    return False
+                raise
+            return True
+
+        return await asyncio.to_thread(call)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._api.close()

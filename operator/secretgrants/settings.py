@@ -216,6 +216,15 @@ class Settings(BaseSettings):
         description="How long a counted use waits for its pod to appear before it is released.",
     )
 
+    restart_min_interval_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        validation_alias=AliasChoices(
+            "SECRETGRANTS_RESTART_MIN_INTERVAL", "restart_min_interval_seconds"
+        ),
+        description="At most one rollout restart per workload in this many seconds.",
+    )
+
     @field_validator("tenant_allowed_mounts", mode="before")
     @classmethod
     def _split_mounts(cls, value: object) -> object:

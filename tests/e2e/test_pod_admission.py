@@ -251,6 +251,7 @@ def test_renewal_asks_again_and_delivers_the_rotated_value(
     kv = hvac.Client(url=vault.addr, token=vault.root_token).secrets.kv.v2
     path = f"e2e/renew-{uuid.uuid4().hex[:6]}"
     kv.create_or_update_secret(path=path, secret={"password": "first"}, mount_point="secret")
+    cluster.kubectl("create", "deployment", "web", "-n", ns, "--image=registry.invalid/web:1")
     apply(
         cluster,
         grant(
@@ -258,7 +259,11 @@ def test_renewal_asks_again_and_delivers_the_rotated_value(
             ns,
             f"vault+kv2://secret/{path}#password",
             ttlSeconds=6,
-            renewal={"enabled": True, "beforeExpirySeconds": 3},
+            renewal={
+                "enabled": True,
+                "beforeExpirySeconds": 3,
+                "restartWorkloads": [{"kind": "Deployment", "name": "web"}],
+            },
         ),
     )
     first = wait_phase(cluster, "rot", ns, "Granted")["status"]
@@ -274,6 +279,8 @@ def test_renewal_asks_again_and_delivers_the_rotated_value(
 
     eventually(renewed, timeout=20)
     assert secret_values(cluster, ns, secret) == {"password": "second"}
+    template = get(cluster, "deployment", "web", ns)["spec"]["template"]["metadata"]
+    assert "secretgrants.io/restartedAt" in (template.get("annotations") or {})
 
 
 def test_deleting_a_live_grant_blanks_then_removes_it(

@@ -7,9 +7,11 @@ Secret, and ``kube`` writes it. This module only moves data between them.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +42,7 @@ from secretgrants.grants import (
     revoked_status,
     settled,
 )
-from secretgrants.kube import KubeClient
+from secretgrants.kube import IO_THREADS, KubeClient
 from secretgrants.policy import Decision, Effect, PolicyDecisionPoint, apply_obligations, build_pdp
 from secretgrants.providers import ProviderRegistry
 from secretgrants.reasons import ConditionType, Phase, Reason
@@ -77,6 +79,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.salt = cfg.tenant_salt.get_secret_value().encode() if cfg.tenant_salt else None
     memo.pdp = build_pdp(cfg) if cfg.enable_authorization else None
     memo.providers = ProviderRegistry.from_settings(cfg)
+    # Blocking clients (kubernetes, hvac) run in the default executor: size it for
+    # concurrent admissions rather than the CPU count.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="secretgrants-io")
+    )
     memo.kube = KubeClient()
     # kopf's bookkeeping lives under our own prefix, not kopf.zalando.org.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(

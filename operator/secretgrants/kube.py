@@ -20,7 +20,9 @@ client: Any = _k8s.client
 config: Any = _k8s.config
 ApiException: Any = _k8s.client.exceptions.ApiException
 
-__all__ = ["KubeClient"]
+__all__ = ["IO_THREADS", "KubeClient"]
+
+IO_THREADS = 32  # the default executor's size (set at start) and the connection pool's
 
 
 class KubeClient:
@@ -31,7 +33,10 @@ class KubeClient:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-        self._api = client.ApiClient()
+        configuration = client.Configuration.get_default_copy()
+        # Admission and status writes run concurrently in threads: one connection each.
+        configuration.connection_pool_maxsize = IO_THREADS
+        self._api = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._api)
         self._custom = client.CustomObjectsApi(self._api)
 

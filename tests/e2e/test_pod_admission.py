@@ -279,8 +279,12 @@ def test_renewal_asks_again_and_delivers_the_rotated_value(
 
     eventually(renewed, timeout=20)
     assert secret_values(cluster, ns, secret) == {"password": "second"}
-    template = get(cluster, "deployment", "web", ns)["spec"]["template"]["metadata"]
-    assert "secretgrants.io/restartedAt" in (template.get("annotations") or {})
+
+    def restarted() -> None:  # the rollout restart follows the status write
+        template = get(cluster, "deployment", "web", ns)["spec"]["template"]["metadata"]
+        assert "secretgrants.io/restartedAt" in (template.get("annotations") or {})
+
+    eventually(restarted, timeout=10)
 
 
 def test_deleting_a_live_grant_blanks_then_removes_it(

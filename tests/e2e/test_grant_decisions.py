@@ -163,7 +163,7 @@ def test_guard_failure_never_asks_the_pdp(
     cluster: Cluster, ready_namespace: str, start_operator_for: Callable[..., OperatorProcess]
 ) -> None:
     ns = ready_namespace
-    server = AuthZENServer(BuiltinPolicy.model_validate(E2E_POLICY))
+    server = AuthZENServer(BuiltinPolicy.model_validate(E2E_POLICY), record_bodies=True)
     url = server.start()
     try:
         start_operator_for(SECRETGRANTS_PDP="authzen", SECRETGRANTS_PDP_URL=url)
@@ -173,6 +173,9 @@ def test_guard_failure_never_asks_the_pdp(
         wait_phase(cluster, "fine", ns, "Granted")
         evaluations = [r for r in server.requests if r.path.startswith("/access/v1/evaluation")]
         assert len(evaluations) == 1  # only the allowed grant reached the PDP
+        sent = evaluations[0].body or b""
+        assert b"secret/e2e/db" in sent and b"finance" not in sent
+        assert SECRET_VALUE.encode() not in sent  # the PDP never sees a value
     finally:
         server.stop()
 

@@ -67,6 +67,7 @@ class ServedRequest:
     status: int
     request_id: str | None
     traceparent: str | None
+    body: bytes | None = None  # only with record_bodies=True (tests that inspect requests)
 
 
 def authzen_answer(decision: Decision) -> dict[str, Any]:
@@ -185,6 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("PATCH")
 
     def _dispatch(self, method: str) -> None:
+        self._raw_body: bytes | None = None
         path = self.path.split("?", 1)[0]
         routes: dict[str, tuple[str, Callable[[], Any]]] = {
             WELL_KNOWN_PATH: ("GET", self._metadata),
@@ -265,6 +267,7 @@ class _Handler(BaseHTTPRequestHandler):
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
         raw = self.rfile.read(length)
+        self._raw_body = raw
         content_type = self.headers.get("Content-Type", "application/json")
         media = content_type.split(";", 1)[0].strip().lower()
         if media != "application/json" and not media.endswith("+json"):
@@ -315,6 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status=int(status),
                 request_id=request_id,
                 traceparent=self.headers.get("traceparent"),
+                body=self._raw_body if self.server.owner.record_bodies else None,
             )
         )
 
@@ -329,8 +333,10 @@ class AuthZENServer:
         port: int = 0,
         *,
         history: int = 1000,
+        record_bodies: bool = False,
     ) -> None:
         self.policy = policy
+        self.record_bodies = record_bodies
         self.host = host
         self.port = port
         self.requests: collections.deque[ServedRequest] = collections.deque(maxlen=history)

@@ -47,6 +47,7 @@ from secretgrants.policy import Decision, Effect, PolicyDecisionPoint, apply_obl
 from secretgrants.providers import ProviderRegistry
 from secretgrants.reasons import ConditionType, Phase, Reason
 from secretgrants.restarts import RestartLimiter, restart_patch
+from secretgrants.salts import SaltResolver
 from secretgrants.settings import Settings
 from secretgrants.tenancy import Tenant, TenantSource, env_tenant
 from secretgrants.uses import settle
@@ -102,8 +103,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             "This is a development-only setting; never run it in production."
         )
     if memo.salt is None:
-        log.warning("TENANT_SALT is not set: grants and audit records carry no resource_ref")
+        log.warning(
+            "TENANT_SALT is not set: grants of tenants without a saltSecretRef carry no "
+            "resource_ref (never the plain URI)"
+        )
     log.info("providers configured: %s", ", ".join(memo.providers) or "none")
+    memo.salts = SaltResolver(memo.kube.read_secret_key, cfg.operator_namespace, memo.salt)
     memo.restarts = RestartLimiter(cfg.restart_min_interval_seconds)
     memo.admission = PodAdmission(memo.kube, audience=cfg.secrets_audience)
     memo.webhook = None
@@ -256,7 +261,7 @@ async def _authorize_and_deliver(
     """ServiceAccount binding, PDP decision, provider read, delivery Secret: one pass."""
     cfg: Settings = memo.config
     tenant = outcome.tenant.tenant_id
-    ref = resource_ref(memo.salt, outcome.uri)
+    ref = resource_ref(await memo.salts.salt_for(outcome.tenant), outcome.uri)
 
     sa_uid = await memo.kube.service_account_uid(namespace, parsed.service_account_name)
     if sa_uid is None:

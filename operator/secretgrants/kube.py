@@ -7,6 +7,7 @@ thread. Only this module talks to the API (kopf's own watching aside).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from typing import Any
 
@@ -130,6 +131,21 @@ class KubeClient:
                 GROUP, VERSION, namespace, "secretgrantrequests"
             )
             return list(out.get("items") or [])
+
+        return await asyncio.to_thread(call)
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes | None:
+        """One key of one Secret (only tenant salts, in the operator's namespace)."""
+
+        def call() -> bytes | None:
+            try:
+                secret = self._core.read_namespaced_secret(name, namespace)
+            except ApiException as err:
+                if err.status == 404:
+                    return None
+                raise
+            raw = (secret.data or {}).get(key)
+            return base64.b64decode(raw) if raw else None
 
         return await asyncio.to_thread(call)
 

@@ -296,3 +296,31 @@ def test_opa_permit_for_the_payments_example(
         stop_operator(op)
         cluster.kubectl("delete", "secrettenant", tname, "--wait=false", check=False)
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_tenant_salt_secret_keys_the_resource_ref(
+    cluster: Cluster, namespace: str, start_operator_for: Callable[..., OperatorProcess]
+) -> None:
+    """A SecretTenant's saltSecretRef (in the operator namespace) keys resourceRef, not TENANT_SALT."""
+    import hashlib
+    import hmac
+
+    ns = namespace
+    cluster.kubectl(
+        "create", "secret", "generic", "audit-salt", "-n", ns, "--from-literal=salt=tenant-salt"
+    )
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    ref = {"namespace": ns, "name": "audit-salt"}
+    apply(
+        cluster, tenant(name, "salted", ["vault+kv2://secret"], namespaces=[ns], saltSecretRef=ref)
+    )
+    cluster.kubectl("create", "serviceaccount", "app", "-n", ns)
+    try:
+        start_operator_for(SECRETGRANTS_OPERATOR_NAMESPACE=ns)
+        apply(cluster, grant("salted", ns, URI))
+        st = wait_phase(cluster, "salted", ns, "Granted")["status"]
+        expected = hmac.new(b"tenant-salt", URI.encode(), hashlib.sha256).hexdigest()
+        assert st["resourceRef"] == f"hmac-sha256:{expected}"
+        assert "secret/e2e" not in json.dumps(st)  # the status names no path
+    finally:
+        cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)

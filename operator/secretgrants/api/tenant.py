@@ -49,7 +49,7 @@ class LabelSelector(KubeModel):
 class SaltSecretRef(KubeModel):
     """Where the tenant's audit salt lives."""
 
-    namespace: str = Field(description="Namespace of the Secret.")
+    namespace: str = Field(description="Namespace of the Secret: the operator's own namespace.")
     name: str = Field(description="Name of the Secret.")
     key: str = Field(default="salt", description="Key in the Secret holding the salt.")
 
@@ -85,7 +85,10 @@ class SecretTenantSpec(KubeModel):
     )
     salt_secret_ref: SaltSecretRef | None = Field(
         default=None,
-        description="Secret holding the tenant's audit salt for resource_ref (HMAC of the URI).",
+        description=(
+            "Secret holding the tenant's audit salt for resource_ref (HMAC of the URI). "
+            "It must live in the operator's namespace, the only one where the operator reads Secrets."
+        ),
     )
 
 

@@ -153,6 +153,7 @@ def start_operator(
         "SECRETGRANTS_WEBHOOK_URL": f"https://127.0.0.1:{webhook_port}",
         "SECRETGRANTS_WEBHOOK_CONFIG_NAME": webhook_config_name(namespace),
         "SECRETGRANTS_RESERVATION_WINDOW": "5",
+        "SECRETGRANTS_RECHECK_INTERVAL": "2",
     }
     proc = subprocess.Popen(
         [

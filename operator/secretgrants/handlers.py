@@ -354,7 +354,6 @@ async def _decide(
 
 LIVE_PHASES = frozenset({Phase.GRANTED.value, Phase.EXHAUSTED.value})
 SETTLE_INTERVAL_SECONDS = 2.0
-IDLE_INTERVAL_SECONDS = 30.0
 
 
 def _is_live(status: kopf.Status, **_: Any) -> bool:
@@ -477,6 +476,21 @@ async def _restart_workloads(
             kopf.warn(body, reason="RestartFailed", message=f"{ref.kind} {ref.name} not found")
 
 
+def _guard_error(
+    memo: kopf.Memo, body: kopf.Body, namespace: str, indexes: dict[str, Any]
+) -> str | None:
+    """The tenant guard again, from the in-memory indexes (no API call): why it fails, or None."""
+    labels: dict[str, str] = next(iter(indexes["namespace_labels"].get(namespace, [])), {})
+    try:
+        parsed = SecretGrantRequestSpec.model_validate(dict(body.get("spec") or {}))
+        check_request(
+            parsed, namespace, labels, list(indexes["tenant_sources"].get("all", [])), memo.fallback
+        )
+    except SecretGrantsError as err:
+        return err.message
+    return None
+
+
 @kopf.daemon(*GRANTS, when=_is_live, cancellation_timeout=5.0)
 async def tend_grant(
     name: str | None,
@@ -511,6 +525,20 @@ async def tend_grant(
         if status.get("phase") not in LIVE_PHASES:
             return
         generation = (body.get("metadata") or {}).get("generation")
+        guard_error = _guard_error(memo, body, namespace, kwargs)
+        if guard_error is not None:  # a SecretTenant changed under a live grant
+            await _end_grant(
+                memo,
+                namespace,
+                name,
+                status,
+                revoked_status(
+                    f"the tenant guard no longer allows this grant: {guard_error}",
+                    generation=generation,
+                    status=status,
+                ),
+            )
+            return
         at = expires_at(status)
         if at is not None and at <= now():
             await _end_grant(
@@ -531,7 +559,7 @@ async def tend_grant(
                     await stopped.wait(1.0)  # let the watch bring the renewed status
                     continue
                 renewal_given_up_for = status.get("expiresAt")
-        wait = IDLE_INTERVAL_SECONDS
+        wait = memo.config.recheck_interval_seconds
         deadlines = [d for d in (at, renew_at) if d is not None and d > now()]
         if deadlines:
             wait = min(wait, max(0.05, (min(deadlines) - now()).total_seconds()))

@@ -216,6 +216,12 @@ class Settings(BaseSettings):
         description="How long a counted use waits for its pod to appear before it is released.",
     )
 
+    recheck_interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices("SECRETGRANTS_RECHECK_INTERVAL", "recheck_interval_seconds"),
+        description="How often a live grant re-runs the tenant guard (tenants may change).",
+    )
     restart_min_interval_seconds: float = Field(
         default=300.0,
         ge=0,

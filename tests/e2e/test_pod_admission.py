@@ -333,3 +333,21 @@ def test_operator_killed_mid_handling_loses_no_grant_and_counts_no_use_twice(
         assert get(cluster, "sgr", "db", ns)["status"]["usesConsumed"] == 3
 
     eventually(third, timeout=10)
+
+
+def test_a_tenant_that_stops_allowing_the_mount_revokes_live_grants(
+    cluster: Cluster, namespace: str, operator: OperatorProcess
+) -> None:
+    ns = namespace
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    apply(cluster, tenant(name, "e2e", ["vault+kv2://secret"], namespaces=[ns]))
+    cluster.kubectl("create", "serviceaccount", "app", "-n", ns)
+    try:
+        obj = granted(cluster, ns)
+        apply(cluster, tenant(name, "e2e", ["vault+kv2://other"], namespaces=[ns]))
+        revoked = wait_phase(cluster, "db", ns, "Revoked", timeout=20)
+        message = condition(revoked, "Ready")["message"]  # type: ignore[index]
+        assert "no longer allows" in message and "not allowed" in message
+        assert secret_values(cluster, ns, obj["status"]["delivery"]["secretName"]) == {}
+    finally:
+        cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)

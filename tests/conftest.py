@@ -126,9 +126,25 @@ class OperatorProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
     health_url: str
+    metrics_url: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def audit_events(self) -> list[dict[str, object]]:
+        """The JSON-lines audit events the operator printed on stdout."""
+        import json
+
+        events = []
+        for line in self.log().splitlines():
+            if line.startswith('{"event_id"'):
+                events.append(json.loads(line))
+        return events
+
+    def metrics(self) -> str:
+        import httpx
+
+        return httpx.get(self.metrics_url, timeout=5).text
 
 
 def start_operator(
@@ -147,6 +163,7 @@ def start_operator(
     log_path = workdir / f"operator-{namespace}-{port}.log"
     health = f"http://127.0.0.1:{port}/healthz"
     webhook_port = free_port()
+    metrics_port = free_port()
     webhook = {  # one webhook per operator: its own port and configuration name
         "SECRETGRANTS_WEBHOOK_ADDRESS": "127.0.0.1",
         "SECRETGRANTS_WEBHOOK_PORT": str(webhook_port),
@@ -154,6 +171,8 @@ def start_operator(
         "SECRETGRANTS_WEBHOOK_CONFIG_NAME": webhook_config_name(namespace),
         "SECRETGRANTS_RESERVATION_WINDOW": "5",
         "SECRETGRANTS_RECHECK_INTERVAL": "2",
+        "SECRETGRANTS_METRICS_ADDRESS": "127.0.0.1",
+        "SECRETGRANTS_METRICS_PORT": str(metrics_port),
     }
     proc = subprocess.Popen(
         [
@@ -170,7 +189,7 @@ def start_operator(
         env={**os.environ, "KUBECONFIG": str(kubeconfig), **webhook, **(env or {})},
         start_new_session=True,
     )
-    op = OperatorProcess(proc, log_path, health)
+    op = OperatorProcess(proc, log_path, health, f"http://127.0.0.1:{metrics_port}/metrics")
     try:
         wait_until(
             lambda: proc.poll() is None and httpx.get(health, timeout=1).status_code == 200,

@@ -52,11 +52,14 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 class AdmissionDenied(Exception):
     """A pod is refused; ``reason`` is a CamelCase word, ``message`` a sentence for a person."""
 
-    def __init__(self, reason: str, message: str, *, code: int = 403) -> None:
+    def __init__(
+        self, reason: str, message: str, *, code: int = 403, grant: str | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.code = code
+        self.grant = grant
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,40 @@
-"""Non-leaky audit identifiers.
+"""Non-leaky audit: one event model for every decision and action, fanned out to sinks.
 
 ``resource_ref = HMAC-SHA256(tenant_salt, canonical_uri)``: the same secret
 gives the same reference within a tenant, so forensics can correlate uses,
 but the reference reveals neither the path nor the key. Without a salt there
-is no reference at all; it never falls back to the plain URI.
+is no reference at all; it never falls back to the plain URI. An event
+carries no URI, path, key name or value: only the reference.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import datetime as dt
 import hashlib
 import hmac
+import logging
+import uuid
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from secretgrants.uri import SecretURI
 
-__all__ = ["resource_ref"]
+__all__ = [
+    "AuditEvent",
+    "AuditSink",
+    "Auditor",
+    "Effect",
+    "EventType",
+    "MemorySink",
+    "resource_ref",
+]
+
+log = logging.getLogger("secretgrants.audit")
 
 
 def resource_ref(salt: bytes | None, uri: SecretURI) -> str | None:
@@ -21,3 +42,106 @@ def resource_ref(salt: bytes | None, uri: SecretURI) -> str | None:
         return None
     digest = hmac.new(salt, uri.format().encode(), hashlib.sha256).hexdigest()
     return f"hmac-sha256:{digest}"
+
+
+class EventType(StrEnum):
+    DECISION = "decision"
+    DELIVERY_WRITTEN = "delivery_written"
+    POD_ADMITTED = "pod_admitted"
+    POD_DENIED = "pod_denied"
+    USE_RESERVED = "use_reserved"
+    USE_RELEASED = "use_released"
+    EXPIRED = "expired"
+    RENEWED = "renewed"
+    REVOKED = "revoked"
+    GUARD_REJECTED = "guard_rejected"
+    PROVIDER_ERROR = "provider_error"
+
+
+class Effect(StrEnum):
+    PERMIT = "permit"
+    DENY = "deny"
+    ERROR = "error"
+
+
+class AuditEvent(BaseModel):
+    """One audit record. Fields name people, grants and decisions; never secrets or paths."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    time: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    type: EventType
+    effect: Effect
+    reason: str = Field(max_length=128)
+    message: str | None = Field(default=None, max_length=512)
+    subject: str | None = None  # system:serviceaccount:<ns>:<name>
+    tenant: str | None = None
+    purpose: str | None = None
+    resource_ref: str | None = None
+    decision_id: str | None = None
+    correlation_id: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    grant_namespace: str | None = None
+    grant_name: str | None = None
+    grant_uid: str | None = None
+    pod: str | None = None
+    pdp: str | None = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+class AuditSink(Protocol):
+    """Where events go. ``emit`` must not block for long and must not raise for a bad sink."""
+
+    name: str
+
+    async def emit(self, event: AuditEvent) -> None: ...
+
+
+class MemorySink:
+    """The last N events (the dev diagnostics' ``/audit``), and a feed for ``/events``."""
+
+    name = "memory"
+
+    def __init__(self, size: int = 1000) -> None:
+        self.events: collections.deque[AuditEvent] = collections.deque(maxlen=size)
+        self._listeners: set[asyncio.Queue[AuditEvent]] = set()
+
+    async def emit(self, event: AuditEvent) -> None:
+        self.events.append(event)
+        for queue in list(self._listeners):
+            if queue.full():
+                continue  # a slow reader misses events rather than slowing the operator
+            queue.put_nowait(event)
+
+    def listen(self, size: int = 100) -> asyncio.Queue[AuditEvent]:
+        queue: asyncio.Queue[AuditEvent] = asyncio.Queue(maxsize=size)
+        self._listeners.add(queue)
+        return queue
+
+    def unlisten(self, queue: asyncio.Queue[AuditEvent]) -> None:
+        self._listeners.discard(queue)
+
+
+class Auditor:
+    """Fans events out to every sink; a failing sink is logged and counted, never raised."""
+
+    def __init__(self, sinks: Iterable[AuditSink] = ()) -> None:
+        self.sinks = list(sinks)
+        self.failures: collections.Counter[str] = collections.Counter()
+
+    async def emit(self, event: AuditEvent) -> None:
+        for sink in self.sinks:
+            try:
+                await sink.emit(event)
+            except Exception as err:  # an audit sink must never break grant handling
+                self.failures[sink.name] += 1
+                log.warning("audit sink %s failed: %s", sink.name, type(err).__name__)
+
+    async def record(self, **fields: object) -> AuditEvent:
+        event = AuditEvent.model_validate(fields)
+        await self.emit(event)
+        return event

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,13 +21,16 @@ import kopf
 from secretgrants.admission import LABEL_INJECT, reservation_ids
 from secretgrants.api.common import GROUP, VERSION, ConditionStatus, now, set_condition
 from secretgrants.api.grant import SecretGrantRequestSpec, WorkloadRef
-from secretgrants.audit import resource_ref
+from secretgrants.audit import Auditor, EventType, MemorySink, resource_ref
+from secretgrants.audit import Effect as AuditEffect
+from secretgrants.audit_sinks import KubeEventSink, StdoutSink
 from secretgrants.delivery import (
     ANNOTATION_STATE,
     delivery_secret,
     delivery_secret_name,
     select_keys,
 )
+from secretgrants.diagnostics import DiagnosticsServer
 from secretgrants.errors import SecretGrantsError
 from secretgrants.grants import (
     GuardOutcome,
@@ -43,9 +47,11 @@ from secretgrants.grants import (
     settled,
 )
 from secretgrants.kube import IO_THREADS, KubeClient
+from secretgrants.metrics import Metrics, serve
 from secretgrants.policy import Decision, Effect, PolicyDecisionPoint, apply_obligations, build_pdp
 from secretgrants.providers import ProviderRegistry
 from secretgrants.reasons import ConditionType, Phase, Reason
+from secretgrants.redaction import register_secret
 from secretgrants.restarts import RestartLimiter, restart_patch
 from secretgrants.salts import SaltResolver
 from secretgrants.settings import Settings
@@ -108,9 +114,25 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             "resource_ref (never the plain URI)"
         )
     log.info("providers configured: %s", ", ".join(memo.providers) or "none")
+    memo.metrics = Metrics()
+    if cfg.metrics_port:
+        serve(memo.metrics, cfg.metrics_port, cfg.metrics_address)
+    memo.audit_memory = MemorySink()
+    sinks: list[Any] = [memo.audit_memory]
+    if "stdout" in cfg.audit_sinks:
+        sinks.append(StdoutSink())
+    if "events" in cfg.audit_sinks:
+        sinks.append(KubeEventSink())
+    memo.audit = Auditor(sinks)
+    memo.diagnostics = None
+    if cfg.dev_mode and cfg.diagnostics_port:
+        memo.diagnostics = DiagnosticsServer(memo.audit_memory)
+        await memo.diagnostics.start(cfg.diagnostics_port)
     memo.salts = SaltResolver(memo.kube.read_secret_key, cfg.operator_namespace, memo.salt)
     memo.restarts = RestartLimiter(cfg.restart_min_interval_seconds)
-    memo.admission = PodAdmission(memo.kube, audience=cfg.secrets_audience)
+    memo.admission = PodAdmission(
+        memo.kube, audience=cfg.secrets_audience, auditor=memo.audit, metrics=memo.metrics
+    )
     memo.webhook = None
     if cfg.webhook_enabled:
         await _start_webhook(memo, cfg)
@@ -156,12 +178,37 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     # grants are refused (failurePolicy Fail), never admitted unchecked.
     if memo.get("webhook") is not None:
         await memo.webhook.stop()
+    if memo.get("diagnostics") is not None:
+        await memo.diagnostics.stop()
     if memo.get("pdp") is not None:
         await memo.pdp.close()
     if memo.get("providers") is not None:
         await memo.providers.close()
     if memo.get("kube") is not None:
         memo.kube.close()
+
+
+@kopf.on.event(*GRANTS)
+def count_phases(
+    type: str | None,
+    name: str | None,
+    namespace: str | None,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Keep the grants-by-phase gauge from the watch stream (no API call)."""
+    phases: dict[tuple[str, str], str] = memo.setdefault("phases", {})
+    key = (namespace or "", name or "")
+    if type == "DELETED":
+        phases.pop(key, None)
+    else:
+        phases[key] = str(status.get("phase") or Phase.PENDING.value)
+    counts: dict[str, int] = dict.fromkeys((p.value for p in Phase), 0)
+    for phase in phases.values():
+        counts[phase] = counts.get(phase, 0) + 1
+    for phase, count in counts.items():
+        memo.metrics.grants.labels(phase).set(count)
 
 
 @kopf.index("namespaces")
@@ -210,6 +257,17 @@ async def reconcile_grant(
     except SecretGrantsError as err:
         await _withdraw_delivery(memo, namespace, name, current)
         patch.status.update(failure_status(err, generation=generation, status=current))
+        await _audit(
+            memo,
+            EventType.GUARD_REJECTED,
+            AuditEffect.DENY,
+            err.reason.value,
+            grant_namespace=namespace,
+            grant_name=name,
+            grant_uid=uid,
+            subject=_subject(namespace, spec.get("serviceAccountName")),
+            purpose=spec.get("purpose"),
+        )
         return
     result = await _authorize_and_deliver(
         memo,
@@ -262,6 +320,15 @@ async def _authorize_and_deliver(
     cfg: Settings = memo.config
     tenant = outcome.tenant.tenant_id
     ref = resource_ref(await memo.salts.salt_for(outcome.tenant), outcome.uri)
+    context: dict[str, Any] = {
+        "grant_namespace": namespace,
+        "grant_name": name,
+        "grant_uid": uid,
+        "tenant": tenant,
+        "purpose": parsed.purpose.value,
+        "resource_ref": ref,
+        "subject": _subject(namespace, parsed.service_account_name),
+    }
 
     sa_uid = await memo.kube.service_account_uid(namespace, parsed.service_account_name)
     if sa_uid is None:
@@ -274,22 +341,53 @@ async def _authorize_and_deliver(
         )
         return Outcome(waiting, "ServiceAccount not found")
 
+    metrics: Metrics = memo.metrics
+    scheme = outcome.uri.scheme
     try:
+        started = time.perf_counter()
         decision = await _decide(memo, outcome, parsed, namespace, sa_uid, cfg)
+        metrics.pdp_latency.labels(decision.pdp_kind).observe(time.perf_counter() - started)
         enforcement = apply_obligations(parsed.ttl_seconds, parsed.max_uses, decision)
+        final = enforcement.decision
+        effect = (
+            AuditEffect.PERMIT
+            if final.permitted
+            else AuditEffect.ERROR
+            if final.retryable
+            else AuditEffect.DENY
+        )
+        metrics.decisions.labels(effect.value, final.pdp_kind).inc()
+        await _audit(
+            memo,
+            EventType.DECISION,
+            effect,
+            final.condition_reason.value if not final.permitted else "Permitted",
+            decision_id=final.decision_id,
+            correlation_id=final.decision_id,
+            pdp=final.pdp_kind,
+            **context,
+        )
         if not enforcement.permitted:
+            if final.retryable:
+                metrics.errors.labels(Reason.PDP_UNAVAILABLE.value).inc()
             denied = decided_status(
-                enforcement.decision,
+                final,
                 generation=generation,
                 status=status,
                 tenant=tenant,
                 resource_ref=ref,
             )
-            return Outcome(denied, "PDP unavailable" if enforcement.decision.retryable else None)
+            return Outcome(denied, "PDP unavailable" if final.retryable else None)
         provider = memo.providers.provider_for(outcome.uri)
+        started = time.perf_counter()
         data = await provider.read(outcome.uri.without_fragment(), parsed.version)
+        metrics.provider_latency.labels(scheme, "read").observe(time.perf_counter() - started)
         values = select_keys(data.data, parsed, outcome.uri.fragment)
+        for value in values.values():
+            register_secret(value)
     except SecretGrantsError as err:
+        metrics.errors.labels(err.reason.value).inc()
+        await _audit(memo, EventType.PROVIDER_ERROR, AuditEffect.ERROR, err.reason.value, **context)
         failed = failure_status(err, generation=generation, status=status, tenant=tenant)
         return Outcome(failed, err.reason.value if err.retryable else None)
 
@@ -305,6 +403,14 @@ async def _authorize_and_deliver(
         expires_at=expires,
     )
     await memo.kube.upsert_secret(namespace, body)
+    await _audit(
+        memo,
+        EventType.DELIVERY_WRITTEN,
+        AuditEffect.PERMIT,
+        "Delivered",
+        decision_id=final.decision_id,
+        **context,
+    )
     granted = granted_status(
         enforcement,
         generation=generation,
@@ -319,6 +425,18 @@ async def _authorize_and_deliver(
         at=at,
     )
     return Outcome(granted, permitted=True)
+
+
+def _subject(namespace: str, service_account: object) -> str | None:
+    if not service_account:
+        return None
+    return f"system:serviceaccount:{namespace}:{service_account}"
+
+
+async def _audit(
+    memo: kopf.Memo, type_: EventType, effect: AuditEffect, reason: str, **fields: Any
+) -> None:
+    await memo.audit.record(type=type_, effect=effect, reason=reason, **fields)
 
 
 async def _decide(
@@ -366,7 +484,12 @@ def _secret_of(name: str, status: dict[str, Any]) -> str:
 
 
 async def _end_grant(
-    memo: kopf.Memo, namespace: str, name: str, status: dict[str, Any], ending: dict[str, Any]
+    memo: kopf.Memo,
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    ending: dict[str, Any],
+    cause: str,
 ) -> None:
     """Blank the delivery Secret first (kubelets keep a deleted Secret's last content), then
     write the ending status."""
@@ -374,6 +497,25 @@ async def _end_grant(
     await memo.kube.blank_secret(namespace, _secret_of(name, status), {ANNOTATION_STATE: state})
     await memo.kube.patch_grant_status(namespace, name, ending)
     log.info("grant %s/%s is %s; its delivery Secret was emptied", namespace, name, state)
+    metrics: Metrics = memo.metrics
+    expired = ending["phase"] == Phase.EXPIRED.value
+    if expired:
+        metrics.expirations.inc()
+    else:
+        metrics.revocations.labels(cause).inc()
+    binding = status.get("binding") or {}
+    await _audit(
+        memo,
+        EventType.EXPIRED if expired else EventType.REVOKED,
+        AuditEffect.DENY,
+        cause,
+        grant_namespace=namespace,
+        grant_name=name,
+        tenant=status.get("tenant"),
+        resource_ref=status.get("resourceRef"),
+        subject=_subject(namespace, binding.get("serviceAccountName")),
+        decision_id=(status.get("decision") or {}).get("id"),
+    )
 
 
 async def _binding_broken(memo: kopf.Memo, namespace: str, status: dict[str, Any]) -> str | None:
@@ -408,6 +550,20 @@ async def _settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
         if updated is None:
             return
         if await memo.kube.replace_grant_status(namespace, {**grant, "status": updated}):
+            before = int((grant.get("status") or {}).get("usesConsumed") or 0)
+            released = before - int(updated.get("usesConsumed") or 0)
+            if released > 0:
+                await _audit(
+                    memo,
+                    EventType.USE_RELEASED,
+                    AuditEffect.PERMIT,
+                    "NoPodCreated",
+                    message=f"{released} use(s) given back: no created pod claimed them",
+                    grant_namespace=namespace,
+                    grant_name=name,
+                    tenant=updated.get("tenant"),
+                    resource_ref=updated.get("resourceRef"),
+                )
             return
 
 
@@ -451,6 +607,19 @@ async def _renew(
     await memo.kube.patch_grant_status(namespace, name, result.status)
     kopf.info(body, reason="Renewed", message="the PDP permitted a renewal; value re-delivered")
     log.info("grant %s/%s renewed", namespace, name)
+    memo.metrics.renewals.inc()
+    await _audit(
+        memo,
+        EventType.RENEWED,
+        AuditEffect.PERMIT,
+        "Renewed",
+        grant_namespace=namespace,
+        grant_name=name,
+        grant_uid=uid,
+        tenant=result.status.get("tenant"),
+        resource_ref=result.status.get("resourceRef"),
+        decision_id=(result.status.get("decision") or {}).get("id"),
+    )
     if parsed.renewal and parsed.renewal.restart_workloads:
         await _restart_workloads(memo, body, namespace, parsed.renewal.restart_workloads)
     return True
@@ -517,6 +686,7 @@ async def tend_grant(
             name,
             status,
             revoked_status(broken, generation=generation, status=status),
+            "ServiceAccountChanged",
         )
         return
     renewal_given_up_for: str | None = None
@@ -537,6 +707,7 @@ async def tend_grant(
                     generation=generation,
                     status=status,
                 ),
+                "TenantGuard",
             )
             return
         at = expires_at(status)
@@ -547,6 +718,7 @@ async def tend_grant(
                 name,
                 status,
                 expired_status(generation=generation, status=status),
+                "Expired",
             )
             return
         renewal = (body.get("spec") or {}).get("renewal") or {}
@@ -609,6 +781,7 @@ async def service_account_gone(
             grant["metadata"]["name"],
             status,
             revoked_status(message, generation=generation, status=status),
+            "ServiceAccountChanged",
         )
 
 

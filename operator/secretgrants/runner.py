@@ -7,6 +7,8 @@ import os
 
 import kopf
 
+from secretgrants.redaction import install as install_redaction
+
 __all__ = ["run_operator"]
 
 
@@ -17,6 +19,7 @@ def run_operator(*, namespace: str | None, liveness: str | None, verbose: bool =
         os.environ["SECRETGRANTS_NAMESPACE"] = namespace
 
     kopf.configure(verbose=verbose)
+    install_redaction()  # after kopf set up its handlers: mask values and tokens in every record
     asyncio.run(
         kopf.operator(
             clusterwide=namespace is None,

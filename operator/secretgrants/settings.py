@@ -216,6 +216,30 @@ class Settings(BaseSettings):
         description="How long a counted use waits for its pod to appear before it is released.",
     )
 
+    # --- audit and metrics ---
+    audit_sinks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["stdout", "events"],
+        validation_alias=AliasChoices("SECRETGRANTS_AUDIT_SINKS", "audit_sinks"),
+        description="Comma-separated: stdout (JSON lines), events (Kubernetes Events).",
+    )
+    metrics_port: int = Field(
+        default=9090,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("SECRETGRANTS_METRICS_PORT", "metrics_port"),
+        description="Port of /metrics; 0 turns it off.",
+    )
+    metrics_address: str = Field(
+        default="0.0.0.0",  # noqa: S104  (inside a pod)
+        validation_alias=AliasChoices("SECRETGRANTS_METRICS_ADDRESS", "metrics_address"),
+    )
+    diagnostics_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("SECRETGRANTS_DIAGNOSTICS_PORT", "diagnostics_port"),
+        description="Dev mode only: /audit and /events on 127.0.0.1; 0 turns them off.",
+    )
     recheck_interval_seconds: float = Field(
         default=30.0,
         gt=0,
@@ -230,6 +254,11 @@ class Settings(BaseSettings):
         ),
         description="At most one rollout restart per workload in this many seconds.",
     )
+
+    @field_validator("audit_sinks", mode="before")
+    @classmethod
+    def _split_sinks(cls, value: object) -> object:
+        return _split(value)
 
     @field_validator("tenant_allowed_mounts", mode="before")
     @classmethod

@@ -37,6 +37,9 @@ from secretgrants.admission import (
     requested_grants,
 )
 from secretgrants.api.common import now
+from secretgrants.audit import Auditor, EventType
+from secretgrants.audit import Effect as AuditEffect
+from secretgrants.metrics import Metrics
 from secretgrants.pki import new_ca
 from secretgrants.uses import release, reserve
 from secretgrants.webhook_config import MUTATE_PATH, VALIDATE_PATH
@@ -93,9 +96,38 @@ def serving_cert(
 class PodAdmission:
     """The checks and the use accounting, over a GrantStore."""
 
-    def __init__(self, store: GrantStore, *, audience: str | None) -> None:
+    def __init__(
+        self,
+        store: GrantStore,
+        *,
+        audience: str | None,
+        auditor: Auditor | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.store = store
         self.audience = audience
+        self.auditor = auditor or Auditor()
+        self.metrics = metrics or Metrics()
+
+    async def _audit(
+        self,
+        type_: EventType,
+        effect: AuditEffect,
+        reason: str,
+        namespace: str,
+        grant: str | None,
+        pod: str,
+        service_account: str,
+    ) -> None:
+        await self.auditor.record(
+            type=type_,
+            effect=effect,
+            reason=reason,
+            grant_namespace=namespace,
+            grant_name=grant,
+            pod=pod,
+            subject=f"system:serviceaccount:{namespace}:{service_account}",
+        )
 
     async def mutate(
         self, pod: Mapping[str, Any], namespace: str, *, dry_run: bool
@@ -106,7 +138,11 @@ class PodAdmission:
         mounts: list[GrantMount] = []
         for name in names:
             grant = await self.store.read_grant(namespace, name)
-            check_grant_for_pod(name, grant, service_account, at)
+            try:
+                check_grant_for_pod(name, grant, service_account, at)
+            except AdmissionDenied as denied:
+                denied.grant = name
+                raise
             assert grant is not None
             mounts.append(grant_mount(name, grant, self.audience))
         # Shape errors (volume or container conflicts) refuse the pod before any use is counted.
@@ -132,6 +168,16 @@ class PodAdmission:
             meta = grant.get("metadata") or {}
             status = reserve(grant.get("status") or {}, rid, generation=meta.get("generation"))
             if await self.store.replace_grant_status(namespace, {**grant, "status": status}):
+                await self.auditor.record(
+                    type=EventType.USE_RESERVED,
+                    effect=AuditEffect.PERMIT,
+                    reason="Reserved",
+                    grant_namespace=namespace,
+                    grant_name=name,
+                    tenant=status.get("tenant"),
+                    resource_ref=status.get("resourceRef"),
+                    subject=f"system:serviceaccount:{namespace}:{service_account}",
+                )
                 return
             await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))  # noqa: S311
         raise AdmissionDenied(
@@ -187,6 +233,7 @@ class PodAdmission:
                     "ServiceAccountMismatch",
                     f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}, which is "
                     f"bound to another ServiceAccount; the pod runs as {service_account!r}",
+                    grant=name,
                 )
             if name not in injected:
                 raise AdmissionDenied(
@@ -194,7 +241,15 @@ class PodAdmission:
                     f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}: request it "
                     "with the secretgrants.io/grants annotation and the secretgrants.io/inject "
                     "label so the use is checked and counted, instead of mounting it directly",
+                    grant=name,
                 )
+
+
+def _requested(pod: Mapping[str, Any]) -> list[str]:
+    try:
+        return requested_grants(pod)
+    except AdmissionDenied:
+        return []
 
 
 def _review_response(uid: str, *, patch: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -292,6 +347,8 @@ class WebhookServer:
                     "InternalError", "the admission check failed; see the operator log", code=500
                 ),
             )
-        self.latencies.append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.admission.metrics.admission_latency.observe(elapsed)
+        self.latencies.append(elapsed)
         del self.latencies[:-10_000]
         return web.json_response(body)

@@ -87,6 +87,31 @@ def test_builtin_permit_delivers_the_value_bound_to_the_service_account(
     events = cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout
     assert SECRET_VALUE not in events
     assert SECRET_VALUE not in operator.log()
+    # audit: a decision and a delivery event, keyed by resource_ref, naming no path
+    audit = [e for e in operator.audit_events() if e.get("grant_name") == "db"]
+    by_type = {e["type"]: e for e in audit}
+    decision = by_type["decision"]
+    assert decision["effect"] == "permit" and decision["pdp"] == "builtin"
+    assert decision["decision_id"] == st["decision"]["id"]
+    assert decision["resource_ref"] == st["resourceRef"]
+    assert decision["subject"] == f"system:serviceaccount:{ns}:app"
+    assert decision["tenant"] == "e2e" and decision["purpose"] == "read"
+    assert by_type["delivery_written"]["effect"] == "permit"
+    assert "e2e/db" not in json.dumps(audit) and "password" not in json.dumps(audit)
+
+    def kube_events() -> None:
+        raw = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)
+        reasons = {e["reason"] for e in raw["items"] if e["involvedObject"]["name"] == "db"}
+        assert {"Decision", "DeliveryWritten"} <= reasons, reasons
+
+    eventually(kube_events, timeout=10)
+    assert "e2e/db" not in cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout
+    metrics = operator.metrics()
+    assert 'secretgrants_decisions_total{effect="permit",pdp="builtin"} 1.0' in metrics
+    assert 'secretgrants_grants{phase="Granted"} 1.0' in metrics
+    assert "e2e" not in "\n".join(
+        line for line in metrics.splitlines() if line.startswith("secretgrants_")
+    )
 
 
 def test_builtin_deny_when_no_rule_matches(

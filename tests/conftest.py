@@ -127,6 +127,7 @@ class OperatorProcess:
     log_path: Path
     health_url: str
     metrics_url: str = ""
+    api_url: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -164,6 +165,7 @@ def start_operator(
     health = f"http://127.0.0.1:{port}/healthz"
     webhook_port = free_port()
     metrics_port = free_port()
+    api_port = free_port()
     webhook = {  # one webhook per operator: its own port and configuration name
         "SECRETGRANTS_WEBHOOK_ADDRESS": "127.0.0.1",
         "SECRETGRANTS_WEBHOOK_PORT": str(webhook_port),
@@ -173,6 +175,7 @@ def start_operator(
         "SECRETGRANTS_RECHECK_INTERVAL": "2",
         "SECRETGRANTS_METRICS_ADDRESS": "127.0.0.1",
         "SECRETGRANTS_METRICS_PORT": str(metrics_port),
+        "SECRETGRANTS_API_PORT": str(api_port),
     }
     proc = subprocess.Popen(
         [
@@ -189,7 +192,13 @@ def start_operator(
         env={**os.environ, "KUBECONFIG": str(kubeconfig), **webhook, **(env or {})},
         start_new_session=True,
     )
-    op = OperatorProcess(proc, log_path, health, f"http://127.0.0.1:{metrics_port}/metrics")
+    op = OperatorProcess(
+        proc,
+        log_path,
+        health,
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        f"https://127.0.0.1:{api_port}",
+    )
     try:
         wait_until(
             lambda: proc.poll() is None and httpx.get(health, timeout=1).status_code == 200,

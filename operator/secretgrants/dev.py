@@ -57,6 +57,7 @@ def run_dev(*, workdir: Path | None, provider: str = "vault") -> int:
             "SECRETGRANTS_WEBHOOK_ADDRESS": "127.0.0.1",
             "SECRETGRANTS_WEBHOOK_PORT": str(webhook_port),
             "SECRETGRANTS_WEBHOOK_URL": f"https://127.0.0.1:{webhook_port}",
+            "SECRETGRANTS_API_PORT": str(free_port()),
         }
         policy = root / "policy.yaml"
         policy.write_text(yaml.safe_dump(DEV_POLICY, sort_keys=False))

@@ -83,9 +83,10 @@ def check_request(
             f"purpose {spec.purpose.value!r} cannot be carried out by Volume delivery "
             "(it delivers values to pods: use purpose 'read')"
         )
-    if spec.delivery.mode is DeliveryMode.API:
+    if spec.delivery.mode is DeliveryMode.API and spec.purpose is not Purpose.READ:
         raise UnsupportedOperation(
-            "delivery mode 'Api' is not served by this version of the operator yet; use 'Volume'"
+            f"purpose {spec.purpose.value!r} through the Secrets API is not served by this "
+            "version of the operator; Api delivery carries out 'read'"
         )
     tenant = resolve_tenant(namespace, namespace_labels, tenants, fallback)
     guard(uri, tenant)
@@ -233,7 +234,7 @@ def granted_status(
     resource_ref: str | None,
     service_account: str,
     service_account_uid: str,
-    secret_name: str,
+    secret_name: str | None,
     keys: list[str],
     version: int | None,
     at: dt.datetime | None = None,
@@ -290,7 +291,12 @@ def granted_status(
         "binding": Binding.model_validate(
             {"service_account_name": service_account, "service_account_uid": service_account_uid}
         ).to_kube(),
-        "delivery": {"secretName": secret_name, "keys": sorted(keys), "version": version},
+        "delivery": {
+            "mode": (DeliveryMode.VOLUME if secret_name else DeliveryMode.API).value,
+            "secretName": secret_name,
+            "keys": sorted(keys),
+            "version": version,
+        },
         "conditions": [c.to_kube() for c in conditions],
     }
     if resource_ref:

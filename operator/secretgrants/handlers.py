@@ -20,7 +20,7 @@ import kopf
 
 from secretgrants.admission import LABEL_INJECT, reservation_ids
 from secretgrants.api.common import GROUP, VERSION, ConditionStatus, now, set_condition
-from secretgrants.api.grant import SecretGrantRequestSpec, WorkloadRef
+from secretgrants.api.grant import DeliveryMode, SecretGrantRequestSpec, WorkloadRef
 from secretgrants.audit import Auditor, EventType, MemorySink, resource_ref
 from secretgrants.audit import Effect as AuditEffect
 from secretgrants.audit_sinks import KubeEventSink, StdoutSink
@@ -54,6 +54,7 @@ from secretgrants.reasons import ConditionType, Phase, Reason
 from secretgrants.redaction import register_secret
 from secretgrants.restarts import RestartLimiter, restart_patch
 from secretgrants.salts import SaltResolver
+from secretgrants.secrets_api import SecretsAPI
 from secretgrants.settings import Settings
 from secretgrants.tenancy import Tenant, TenantSource, env_tenant
 from secretgrants.uses import settle
@@ -134,17 +135,28 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo.kube, audience=cfg.secrets_audience, auditor=memo.audit, metrics=memo.metrics
     )
     memo.webhook = None
-    if cfg.webhook_enabled:
-        await _start_webhook(memo, cfg)
-
-
-async def _start_webhook(memo: kopf.Memo, cfg: Settings) -> None:
     service_dns = f"{cfg.webhook_service}.{cfg.operator_namespace}.svc"
-    cert = serving_cert(
+    memo.cert = serving_cert(
         cfg.webhook_cert_dir,
         dns_names=(service_dns, f"{service_dns}.cluster.local", "localhost"),
         ips=("127.0.0.1",),
     )
+    if cfg.webhook_enabled:
+        await _start_webhook(memo, cfg)
+    memo.secrets_api = None
+    if cfg.api_port:
+        memo.secrets_api = SecretsAPI(
+            memo.kube,
+            memo.providers,
+            audience=cfg.secrets_audience,
+            auditor=memo.audit,
+            metrics=memo.metrics,
+        )
+        await memo.secrets_api.start(cfg.webhook_address, cfg.api_port, memo.cert.ssl_context())
+
+
+async def _start_webhook(memo: kopf.Memo, cfg: Settings) -> None:
+    cert = memo.cert
     server = WebhookServer(memo.admission, cert)
     await server.start(cfg.webhook_address, cfg.webhook_port)
     memo.webhook = server
@@ -180,6 +192,8 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await memo.webhook.stop()
     if memo.get("diagnostics") is not None:
         await memo.diagnostics.stop()
+    if memo.get("secrets_api") is not None:
+        await memo.secrets_api.stop()
     if memo.get("pdp") is not None:
         await memo.pdp.close()
     if memo.get("providers") is not None:
@@ -395,22 +409,25 @@ async def _authorize_and_deliver(
         enforcement = enforcement.model_copy(update={"ttl_seconds": cfg.default_ttl_seconds})
     at = now()
     expires = at + dt.timedelta(seconds=enforcement.ttl_seconds or cfg.default_ttl_seconds)
-    body = delivery_secret(
-        grant_name=name,
-        grant_uid=uid,
-        service_account=parsed.service_account_name,
-        values=values,
-        expires_at=expires,
-    )
-    await memo.kube.upsert_secret(namespace, body)
-    await _audit(
-        memo,
-        EventType.DELIVERY_WRITTEN,
-        AuditEffect.PERMIT,
-        "Delivered",
-        decision_id=final.decision_id,
-        **context,
-    )
+    secret_name: str | None = None
+    if parsed.delivery.mode is DeliveryMode.VOLUME:
+        body = delivery_secret(
+            grant_name=name,
+            grant_uid=uid,
+            service_account=parsed.service_account_name,
+            values=values,
+            expires_at=expires,
+        )
+        await memo.kube.upsert_secret(namespace, body)
+        secret_name = body["metadata"]["name"]
+        await _audit(
+            memo,
+            EventType.DELIVERY_WRITTEN,
+            AuditEffect.PERMIT,
+            "Delivered",
+            decision_id=final.decision_id,
+            **context,
+        )
     granted = granted_status(
         enforcement,
         generation=generation,
@@ -419,7 +436,7 @@ async def _authorize_and_deliver(
         resource_ref=ref,
         service_account=parsed.service_account_name,
         service_account_uid=sa_uid,
-        secret_name=body["metadata"]["name"],
+        secret_name=secret_name,
         keys=list(values),
         version=data.version,
         at=at,

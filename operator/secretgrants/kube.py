@@ -149,6 +149,20 @@ class KubeClient:
 
         return await asyncio.to_thread(call)
 
+    async def token_review(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        """The apiserver's verdict on a bearer token for these audiences (TokenReview status)."""
+
+        def call() -> dict[str, Any]:
+            body = {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "spec": {"token": token, "audiences": audiences},
+            }
+            review = client.AuthenticationV1Api(self._api).create_token_review(body)
+            return dict(self._api.sanitize_for_serialization(review.status) or {})
+
+        return await asyncio.to_thread(call)
+
     async def list_pod_annotations(
         self, namespace: str, label_selector: str
     ) -> list[dict[str, Any]]:

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
         default=False,
         validation_alias=AliasChoices("SECRETS_ENFORCE_SCOPES", "secrets_enforce_scopes"),
     )
+    api_port: int = Field(
+        default=8443,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("SECRETGRANTS_API_PORT", "api_port"),
+        description="HTTPS port of the Secrets API (grants with delivery.mode Api); 0 turns it off.",
+    )
     # --- providers ---
     vault_url: str | None = Field(
         default=None, validation_alias=AliasChoices("VAULT_URL", "VAULT_ADDR", "vault_url")

@@ -20,7 +20,7 @@ from secretgrants.api.common import ConditionStatus, now, set_condition
 from secretgrants.grants import parse_conditions
 from secretgrants.reasons import ConditionType, Phase, Reason
 
-__all__ = ["release", "reserve", "settle"]
+__all__ = ["consume", "release", "reserve", "settle"]
 
 
 def _ts(value: dt.datetime) -> str:
@@ -130,4 +130,22 @@ def settle(
         return None
     out = release(status, stale, generation=generation, at=at)
     out["reservations"] = [r for r in out.get("reservations") or [] if r.get("id") not in confirmed]
+    return out
+
+
+def consume(
+    status: Mapping[str, Any],
+    *,
+    generation: int | None,
+    jkt: str | None = None,
+    at: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The status with one API read counted for good (and the DPoP key bound on first use)."""
+    at = at or now()
+    out = reserve(status, "api", generation=generation, at=at)
+    out["reservations"] = list(status.get("reservations") or [])
+    if jkt is not None:
+        binding = dict(out.get("binding") or {})
+        binding.setdefault("jkt", jkt)
+        out["binding"] = binding
     return out

@@ -85,7 +85,7 @@ def test_check_request_passes_an_allowed_mount() -> None:
         ({}, "elsewhere", TenantNotFound),
         ({"secretUri": "nope://x/y"}, "pay", InvalidSecretURI),
         ({"purpose": "write"}, "pay", UnsupportedOperation),
-        ({"delivery": {"mode": "Api"}}, "pay", UnsupportedOperation),
+        ({"delivery": {"mode": "Api"}, "purpose": "write"}, "pay", UnsupportedOperation),
     ],
 )
 def test_check_request_refuses(fields: dict[str, Any], namespace: str, error: type) -> None:

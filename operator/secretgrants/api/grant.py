@@ -226,7 +226,10 @@ class Binding(KubeModel):
 class DeliveredStatus(KubeModel):
     """What was delivered (names only, never values)."""
 
-    secret_name: str | None = Field(default=None, description="The delivery Secret.")
+    mode: DeliveryMode | None = Field(default=None, description="Volume or Api.")
+    secret_name: str | None = Field(
+        default=None, description="The delivery Secret (Volume delivery only)."
+    )
     keys: list[str] | None = Field(default=None, description="Keys delivered.")
     version: int | None = Field(default=None, description="Provider version delivered.")
 

@@ -1,0 +1,179 @@
+"""The install manifests against the real apiserver, and the operator run with only its RBAC.
+
+What goes in: ``kubectl kustomize`` of every overlay, applied with
+``--dry-run=server``; then the base's namespace, ServiceAccount and RBAC
+applied for real, and the operator started with a kubeconfig holding that
+ServiceAccount's token. It must do its whole job (grant, delivery Secret,
+webhook, pod admission) with those rights, and ``kubectl auth can-i`` shows
+they are no broader than the code needs.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, SECRET_VALUE, Cluster, OperatorProcess
+from tests.e2e.kube import apply, eventually, get, grant, tenant
+
+OPERATOR_NS = "secretgrants-system"
+OPERATOR_SA = "secretgrants-operator"
+AS = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
+OVERLAYS = sorted(p.parent for p in (REPO / "manifests" / "overlays").glob("*/kustomization.yaml"))
+
+
+@pytest.fixture(scope="module")
+def operator_rbac(cluster: Cluster, crds: None) -> Iterator[None]:
+    rendered = cluster.kubectl("kustomize", str(REPO / "manifests" / "base")).stdout
+    docs = [
+        d
+        for d in yaml.safe_load_all(rendered)
+        if d
+        and d["kind"]
+        in {
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        }
+    ]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    yield
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_overlay_is_accepted_by_the_apiserver(
+    cluster: Cluster, operator_rbac: None, overlay: Path
+) -> None:
+    """Server-side dry run (the namespace exists: namespaced objects need it even in a dry run)."""
+    # The production overlay uses cert-manager's kinds: stand-in CRDs make them known.
+    cluster.kubectl(
+        "apply", "-f", str(REPO / "tests" / "e2e" / "fixtures" / "cert-manager-crds.yaml")
+    )
+    cluster.kubectl("wait", "--for=condition=Established", "crd/certificates.cert-manager.io")
+    rendered = cluster.kubectl("kustomize", str(overlay)).stdout
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(rendered) if doc}
+    assert "Deployment" in kinds and "ClusterRole" in kinds
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def can_i(cluster: Cluster, verb: str, resource: str, *args: str) -> bool:
+    out = cluster.kubectl("auth", "can-i", verb, resource, f"--as={AS}", *args, check=False)
+    answer = out.stdout.strip()
+    assert answer in {"yes", "no"}, f"kubectl auth can-i {verb} {resource}: {out.stderr}"
+    return answer == "yes"
+
+
+def test_the_operator_account_has_what_it_needs_and_nothing_broader(
+    cluster: Cluster, operator_rbac: None
+) -> None:
+    needed = [
+        ("watch", "secretgrantrequests.secretgrants.io", "-A"),
+        ("update", "secretgrantrequests.secretgrants.io", "--subresource=status", "-n", "any"),
+        ("create", "secrets", "-n", "any"),
+        ("patch", "secrets", "-n", "any"),
+        ("get", "secrets", "-n", OPERATOR_NS),  # tenant salts only
+        ("watch", "serviceaccounts", "-A"),
+        ("list", "pods", "-n", "any"),
+        ("create", "tokenreviews.authentication.k8s.io"),
+        ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
+        ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/secretgrants"),
+        ("patch", "deployments.apps", "-n", "any"),
+        ("create", "events", "-n", "any"),
+    ]
+    for verb, resource, *args in needed:
+        assert can_i(cluster, verb, resource, *args), f"cannot {verb} {resource} {args}"
+    refused = [
+        ("get", "secrets", "-n", "any"),  # never reads workloads' Secrets
+        ("list", "secrets", "-A"),
+        ("watch", "secrets", "-A"),
+        ("delete", "secrets", "-n", "any"),
+        ("get", "pods", "-n", "any"),
+        ("create", "pods", "-n", "any"),
+        ("delete", "namespaces"),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
+        ("create", "serviceaccounts", "--subresource=token", "-n", "any"),
+        ("update", "secretgrantrequests.secretgrants.io", "-n", "any"),  # spec is the user's
+        ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/other"),
+        ("delete", "secretgrantrequests.secretgrants.io", "-n", "any"),
+        ("*", "*", "-A"),
+    ]
+    for verb, resource, *args in refused:
+        assert not can_i(cluster, verb, resource, *args), f"can {verb} {resource} {args}"
+
+
+@pytest.fixture
+def operator_kubeconfig(cluster: Cluster, operator_rbac: None, tmp_path: Path) -> Path:
+    token = cluster.kubectl(
+        "create", "token", OPERATOR_SA, "-n", OPERATOR_NS, "--duration=1h"
+    ).stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    current = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
+    server = next(c for c in admin["clusters"] if c["name"] == current["context"]["cluster"])
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [server],
+        "users": [{"name": OPERATOR_SA, "user": {"token": token}}],
+        "contexts": [
+            {"name": "operator", "context": {"cluster": server["name"], "user": OPERATOR_SA}}
+        ],
+        "current-context": "operator",
+    }
+    path = tmp_path / "operator-kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_operator_does_its_job_with_only_its_rbac(
+    cluster: Cluster,
+    namespace: str,
+    operator_kubeconfig: Path,
+    start_operator_for: Callable[..., OperatorProcess],
+) -> None:
+    ns = namespace
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    apply(cluster, tenant(name, "e2e", ["vault+kv2://secret"], namespaces=[ns]))
+    cluster.kubectl("create", "serviceaccount", "app", "-n", ns)
+    try:
+        op = start_operator_for(KUBECONFIG=str(operator_kubeconfig))
+        apply(cluster, grant("db", ns, "vault+kv2://secret/e2e/db#password"))
+
+        def granted() -> dict[str, Any]:
+            obj = get(cluster, "sgr", "db", ns)
+            assert (obj.get("status") or {}).get("phase") == "Granted", obj.get("status")
+            return obj
+
+        obj = eventually(granted, timeout=30)
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "web",
+                "labels": {"secretgrants.io/inject": "true"},
+                "annotations": {"secretgrants.io/grants": "db"},
+            },
+            "spec": {
+                "serviceAccountName": "app",
+                "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+            },
+        }
+        created = cluster.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(pod), check=False)
+        assert created.returncode == 0, created.stderr
+        volumes = {v["name"] for v in get(cluster, "pod", "web", ns)["spec"]["volumes"]}
+        assert "sg-db" in volumes
+        assert obj["status"]["delivery"]["secretName"]
+        log = op.log()
+        assert "Forbidden" not in log and " 403" not in log, log[-3000:]
+        assert SECRET_VALUE not in log
+    finally:
+        cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 
 import kopf
@@ -18,6 +19,7 @@ def run_operator(*, namespace: str | None, liveness: str | None, verbose: bool =
     if namespace:  # the settings (webhook namespaceSelector) follow what is watched
         os.environ["SECRETGRANTS_NAMESPACE"] = namespace
 
+    logging.getLogger().handlers.clear()  # kopf installs its own: one line per record
     kopf.configure(verbose=verbose)
     install_redaction()  # after kopf set up its handlers: mask values and tokens in every record
     asyncio.run(

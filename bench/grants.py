@@ -1,0 +1,322 @@
+"""Grant and admission figures on the local control plane (a benchmark, not a test).
+
+Starts etcd + kube-apiserver + kube-controller-manager, a Vault dev server
+with one secret, and the operator (``secretgrants run -n bench``, built-in
+PDP), then prints:
+
+* create -> Granted latency p50/p99 for batches of grants applied at once
+  (client clock: just before the create call -> the watch event showing
+  phase Granted), and grants per second for each batch;
+* pod admission latency p50/p99 (client-side create round trip, which
+  includes the mutating and validating webhook calls), for pods created one
+  by one and 20 at a time, and the webhook's own mean from its metrics;
+* operator RSS (VmRSS) with N live grants.
+
+    .venv/bin/python bench/grants.py [--sizes 1,100,1000] [--rss 1000,5000] [--pods 200]
+
+Targets (issue 6): p50 <= 50 ms and p99 <= 250 ms at 100 concurrent; >= 50
+grants/s; admission p99 <= 20 ms; RSS <= 150 MB at 5,000 grants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "operator"))
+
+import hvac  # noqa: E402
+import kubernetes  # noqa: E402
+import yaml  # noqa: E402
+
+from secretgrants.devenv import LocalControlPlane, VaultDevServer  # noqa: E402
+from secretgrants.devenv.processes import free_port, wait_until  # noqa: E402
+
+NS = "bench"
+GROUP, VERSION, PLURAL = "secretgrants.io", "v1alpha1", "secretgrantrequests"
+URI = "vault+kv2://secret/bench/db#password"
+POLICY = {
+    "version": 1,
+    "rules": [
+        {
+            "name": "bench",
+            "subjects": [{"service_account": "app"}],
+            "resources": ["vault+kv2://secret/bench/**"],
+            "purposes": ["read"],
+            "obligations": {"ttl_seconds": 3600},
+        }
+    ],
+}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.1f} ms"
+
+
+class GrantedWatch:
+    """One watch on the namespace: when each grant was first seen Granted."""
+
+    def __init__(self, api: Any) -> None:
+        self.custom = kubernetes.client.CustomObjectsApi(api)
+        self.granted: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            watch = kubernetes.watch.Watch()
+            try:
+                for event in watch.stream(
+                    self.custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    NS,
+                    PLURAL,
+                    timeout_seconds=30,
+                ):
+                    obj = event["object"]
+                    if (obj.get("status") or {}).get("phase") == "Granted":
+                        with self.lock:
+                            self.granted.setdefault(obj["metadata"]["name"], time.monotonic())
+                    if self.stop.is_set():
+                        break
+            except Exception:  # noqa: S112  (a watch hiccup: start again)
+                continue
+
+    def wait(self, names: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(n in self.granted for n in names):
+                    return
+            time.sleep(0.05)
+        missing = [n for n in names if n not in self.granted]
+        raise TimeoutError(f"{len(missing)} grants not Granted in {timeout}s (e.g. {missing[:3]})")
+
+
+def grant_body(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "SecretGrantRequest",
+        "metadata": {"name": name},
+        "spec": {"secretUri": URI, "serviceAccountName": "app"},
+    }
+
+
+def create_batch(custom: Any, watch: GrantedWatch, size: int, prefix: str) -> dict[str, float]:
+    names = [f"{prefix}-{i}" for i in range(size)]
+    started: dict[str, float] = {}
+
+    def create(name: str) -> None:
+        started[name] = time.monotonic()
+        custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, grant_body(name))
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        list(pool.map(create, names))
+    watch.wait(names, timeout=max(60.0, size * 0.5))
+    latencies = [watch.granted[n] - started[n] for n in names]
+    elapsed = max(watch.granted[n] for n in names) - t0
+    return {
+        "p50": pct(latencies, 0.5),
+        "p99": pct(latencies, 0.99),
+        "rate": size / elapsed if elapsed > 0 else float("inf"),
+    }
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pod_body(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {"secretgrants.io/inject": "true"},
+            "annotations": {"secretgrants.io/grants": "adm"},
+        },
+        "spec": {
+            "serviceAccountName": "app",
+            "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+        },
+    }
+
+
+def admission(
+    core: Any, custom: Any, watch: GrantedWatch, pods: int, concurrency: int
+) -> list[float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def create(i: int) -> None:
+        t = time.monotonic()
+        core.create_namespaced_pod(NS, pod_body(f"pod-{concurrency}-{i}-{uuid.uuid4().hex[:4]}"))
+        with lock:
+            latencies.append(time.monotonic() - t)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(create, range(pods)))
+    return latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,100,1000")
+    parser.add_argument("--rss", default="1000,5000")
+    parser.add_argument("--pods", type=int, default=200)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    rss_points = [int(s) for s in args.rss.split(",") if s]
+
+    work = Path(tempfile.mkdtemp(prefix="sg-bench-"))
+    plane = LocalControlPlane(work / "kube").start()
+    vault = VaultDevServer(work / "vault").start()
+    operator: subprocess.Popen[bytes] | None = None
+    log_path = work / "operator.log"
+    try:
+        root = hvac.Client(url=vault.addr, token=vault.root_token)
+        root.secrets.kv.v2.create_or_update_secret(
+            path="bench/db", secret={"password": uuid.uuid4().hex}, mount_point="secret"
+        )
+        plane.kubectl("apply", "--server-side", "-k", str(REPO / "crds"))
+        plane.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        plane.kubectl("create", "namespace", NS)
+        plane.kubectl("create", "serviceaccount", "app", "-n", NS)
+        tenant = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "SecretTenant",
+            "metadata": {"name": "bench"},
+            "spec": {
+                "tenantId": "bench",
+                "namespaces": [NS],
+                "allowedMounts": ["vault+kv2://secret"],
+            },
+        }
+        plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(tenant))
+        policy = work / "policy.yaml"
+        policy.write_text(yaml.safe_dump(POLICY))
+        health_port, webhook_port, metrics_port = free_port(), free_port(), free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(plane.kubeconfig),
+            "VAULT_URL": vault.addr,
+            "VAULT_TOKEN": vault.root_token,
+            "SECRETGRANTS_PDP": "builtin",
+            "SECRETGRANTS_POLICY_FILE": str(policy),
+            "TENANT_SALT": "bench-salt",
+            "SECRETGRANTS_WEBHOOK_ADDRESS": "127.0.0.1",
+            "SECRETGRANTS_WEBHOOK_PORT": str(webhook_port),
+            "SECRETGRANTS_WEBHOOK_URL": f"https://127.0.0.1:{webhook_port}",
+            "SECRETGRANTS_WEBHOOK_CONFIG_NAME": "bench",
+            "SECRETGRANTS_METRICS_ADDRESS": "127.0.0.1",
+            "SECRETGRANTS_METRICS_PORT": str(metrics_port),
+            "SECRETGRANTS_API_PORT": "0",
+            "SECRETGRANTS_AUDIT_SINKS": "",
+        }
+        with log_path.open("ab") as log:
+            operator = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "secretgrants",
+                    "run",
+                    f"--namespace={NS}",
+                    f"--liveness=http://127.0.0.1:{health_port}/healthz",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        import httpx
+
+        wait_until(
+            lambda: (
+                httpx.get(f"http://127.0.0.1:{health_port}/healthz", timeout=1).status_code == 200
+            ),
+            timeout=60,
+            what="the operator",
+        )
+        api = kubernetes.config.new_client_from_config(str(plane.kubeconfig))
+        api.configuration.connection_pool_maxsize = 32
+        custom = kubernetes.client.CustomObjectsApi(api)
+        core = kubernetes.client.CoreV1Api(api)
+        watch = GrantedWatch(api)
+        print(f"operator pid {operator.pid}, log {log_path}")
+        print(f"RSS at start: {rss_mb(operator.pid):.0f} MB\n")
+        print("create -> Granted (client clock)      p50        p99     grants/s")
+        live = 0
+        for size in sizes:
+            figures = create_batch(custom, watch, size, f"b{size}")
+            live += size
+            print(
+                f"  {size:5d} applied at once      {ms(figures['p50'])} {ms(figures['p99'])}   {figures['rate']:7.1f}"
+            )
+        print("  targets at 100: p50 <= 50 ms, p99 <= 250 ms; >= 50 grants/s\n")
+
+        custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, grant_body("adm"))
+        watch.wait(["adm"], timeout=30)
+        live += 1
+        print("pod admission (client round trip incl. both webhooks)   p50        p99")
+        for concurrency in (1, 20):
+            lat = admission(core, custom, watch, args.pods, concurrency)
+            print(
+                f"  {args.pods} pods, {concurrency:2d} at a time               {ms(pct(lat, 0.5))} {ms(pct(lat, 0.99))}"
+            )
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        total = count = 0.0
+        for line in metrics.splitlines():
+            if line.startswith("secretgrants_admission_latency_seconds_sum"):
+                total = float(line.split()[-1])
+            elif line.startswith("secretgrants_admission_latency_seconds_count"):
+                count = float(line.split()[-1])
+        if count:
+            print(f"  webhook server-side mean over {int(count)} reviews: {ms(total / count)}")
+        print("  target: admission p99 <= 20 ms\n")
+
+        print("operator RSS with live grants")
+        for point in rss_points:
+            while live < point:
+                chunk = min(500, point - live)
+                create_batch(custom, watch, chunk, f"r{live}")
+                live += chunk
+            time.sleep(2)
+            print(f"  {point:5d} grants: {rss_mb(operator.pid):6.0f} MB")
+        print("  target: <= 150 MB at 5,000 grants")
+        watch.stop.set()
+        return 0
+    finally:
+        if operator is not None:
+            operator.terminate()
+            try:
+                operator.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+        vault.stop()
+        plane.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

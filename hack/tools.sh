@@ -77,6 +77,14 @@ build_opa() {
   stamp opa "$key"
 }
 
+build_helm() {
+  local key="$HELM_VERSION"
+  fresh helm "$key" helm && return 0
+  need_go
+  timed "helm $HELM_VERSION" env GOBIN="$BIN" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  stamp helm "$key"
+}
+
 gen_k8s_module() {
   need_go
   local staging="v0${KUBERNETES_VERSION#v1}" dir="$ROOT/hack/tools/k8s" gomod
@@ -104,12 +112,12 @@ gen_k8s_module() {
 
 versions() {
   local b
-  for b in etcd kube-apiserver kube-controller-manager kubectl vault opa; do
+  for b in etcd kube-apiserver kube-controller-manager kubectl vault opa helm; do
     if [[ -x "$BIN/$b" ]]; then
       case $b in
         etcd) printf '%-24s %s\n' "$b" "$("$BIN/$b" --version | head -1)";;
         kubectl) printf '%-24s %s\n' "$b" "$("$BIN/$b" version --client 2>/dev/null | head -1)";;
-        vault|opa) printf '%-24s %s\n' "$b" "$("$BIN/$b" version | head -1)";;
+        vault|opa|helm) printf '%-24s %s\n' "$b" "$("$BIN/$b" version | head -1)";;
         *) printf '%-24s %s\n' "$b" "$("$BIN/$b" --version 2>&1 | head -1)";;
       esac
     else
@@ -131,6 +139,7 @@ main() {
   build_k8s
   build_vault
   build_opa
+  build_helm
   say "tools ready in $BIN ($((SECONDS - start))s)"
 }
 

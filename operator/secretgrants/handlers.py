@@ -134,8 +134,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         await memo.diagnostics.start(cfg.diagnostics_port)
     memo.salts = SaltResolver(memo.kube.read_secret_key, cfg.operator_namespace, memo.salt)
     memo.restarts = RestartLimiter(cfg.restart_min_interval_seconds)
+    # Pod admission and the Secrets API get their own client and threads: a burst of
+    # background work (e.g. a thousand grants being decided) never delays a pod.
+    memo.front = KubeClient(threads=16, name="front")
     memo.admission = PodAdmission(
-        memo.kube, audience=cfg.secrets_audience, auditor=memo.audit, metrics=memo.metrics
+        memo.front, audience=cfg.secrets_audience, auditor=memo.audit, metrics=memo.metrics
     )
     memo.webhook = None
     service_dns = f"{cfg.webhook_service}.{cfg.operator_namespace}.svc"
@@ -149,7 +152,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.secrets_api = None
     if cfg.api_port:
         memo.secrets_api = SecretsAPI(
-            memo.kube,
+            memo.front,
             memo.providers,
             audience=cfg.secrets_audience,
             auditor=memo.audit,
@@ -201,8 +204,9 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await memo.pdp.close()
     if memo.get("providers") is not None:
         await memo.providers.close()
-    if memo.get("kube") is not None:
-        memo.kube.close()
+    for name in ("kube", "front"):
+        if memo.get(name) is not None:
+            memo[name].close()
 
 
 @kopf.on.event(*GRANTS)
@@ -217,15 +221,23 @@ def count_phases(
     """Keep the grants-by-phase gauge from the watch stream (no API call)."""
     phases: dict[tuple[str, str], str] = memo.setdefault("phases", {})
     key = (namespace or "", name or "")
-    if type == "DELETED":
-        phases.pop(key, None)
-    else:
-        phases[key] = str(status.get("phase") or Phase.PENDING.value)
-    counts: dict[str, int] = dict.fromkeys((p.value for p in Phase), 0)
-    for phase in phases.values():
-        counts[phase] = counts.get(phase, 0) + 1
-    for phase, count in counts.items():
-        memo.metrics.grants.labels(phase).set(count)
+    before = phases.pop(key, None)
+    after = None if type == "DELETED" else str(status.get("phase") or Phase.PENDING.value)
+    if after is not None:
+        phases[key] = after
+    if before != after:  # O(1) per event
+        if before is not None:
+            memo.metrics.grants.labels(before).dec()
+        if after is not None:
+            memo.metrics.grants.labels(after).inc()
+
+
+@kopf.index("serviceaccounts")
+def service_accounts(
+    namespace: str | None, name: str | None, uid: str | None, **_: Any
+) -> dict[tuple[str, str], str]:
+    """ServiceAccount UIDs from the watch stream: binding checks need no API call."""
+    return {(namespace or "", name or ""): uid or ""}
 
 
 @kopf.index("namespaces")
@@ -538,13 +550,13 @@ async def _end_grant(
     )
 
 
-async def _binding_broken(memo: kopf.Memo, namespace: str, status: dict[str, Any]) -> str | None:
-    """Why the bound ServiceAccount no longer holds the grant, or None."""
+def _binding_broken(namespace: str, status: dict[str, Any], indexes: dict[str, Any]) -> str | None:
+    """Why the bound ServiceAccount no longer holds the grant, or None (from the SA index)."""
     binding = status.get("binding") or {}
     sa_name = binding.get("serviceAccountName")
     if not sa_name:
         return None
-    current = await memo.kube.service_account_uid(namespace, sa_name)
+    current = next(iter(indexes["service_accounts"].get((namespace, sa_name), [])), None)
     if current is None:
         return f"ServiceAccount {sa_name!r} was deleted; the grant is revoked"
     if current != binding.get("serviceAccountUID"):
@@ -697,7 +709,7 @@ async def tend_grant(
     """
     namespace, name = namespace or "", name or ""
     status = dict(body.get("status") or {})
-    broken = await _binding_broken(memo, namespace, status)
+    broken = _binding_broken(namespace, status, kwargs)
     if broken:
         generation = (body.get("metadata") or {}).get("generation")
         await _end_grant(

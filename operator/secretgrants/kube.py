@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import kubernetes
 
@@ -23,23 +25,35 @@ ApiException: Any = _k8s.client.exceptions.ApiException
 
 __all__ = ["IO_THREADS", "KubeClient"]
 
+_T = TypeVar("_T")
+
 IO_THREADS = 32  # the default executor's size (set at start) and the connection pool's
 
 
 class KubeClient:
     """Reads ServiceAccounts, writes delivery Secrets and grant status."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, threads: int | None = None, name: str = "kube") -> None:
+        """``threads``: a dedicated pool (the webhook and the API use one, so that pod
+        admission never queues behind background work); the loop's default pool otherwise."""
+        self._executor = (
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"secretgrants-{name}")
+            if threads
+            else None
+        )
         try:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
         configuration = client.Configuration.get_default_copy()
         # Admission and status writes run concurrently in threads: one connection each.
-        configuration.connection_pool_maxsize = IO_THREADS
+        configuration.connection_pool_maxsize = threads or IO_THREADS
         self._api = client.ApiClient(configuration)
         self._core = client.CoreV1Api(self._api)
         self._custom = client.CustomObjectsApi(self._api)
+
+    async def _run(self, call: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def service_account_uid(self, namespace: str, name: str) -> str | None:
         def call() -> str | None:
@@ -51,7 +65,7 @@ class KubeClient:
                 raise
             return str(sa.metadata.uid)
 
-        return await asyncio.to_thread(call)
+        return await self._run(call)
 
     async def upsert_secret(self, namespace: str, body: dict[str, Any]) -> None:
         """Create the Secret, or replace its data, labels and annotations if it exists."""
@@ -65,7 +79,7 @@ class KubeClient:
                     raise
                 self._core.replace_namespaced_secret(name, namespace, body)
 
-        await asyncio.to_thread(call)
+        await self._run(call)
 
     async def blank_secret(self, namespace: str, name: str, annotations: dict[str, str]) -> bool:
         """Empty the Secret's data (kubelets keep the last content of a deleted Secret)."""
@@ -80,7 +94,7 @@ class KubeClient:
                 raise
             return True
 
-        return await asyncio.to_thread(call)
+        return await self._run(call)
 
     async def patch_grant_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         def call() -> None:
@@ -88,7 +102,7 @@ class KubeClient:
                 GROUP, VERSION, namespace, "secretgrantrequests", name, {"status": status}
             )
 
-        await asyncio.to_thread(call)
+        await self._run(call)
 
     async def read_grant(self, namespace: str, name: str) -> dict[str, Any] | None:
         def call() -> dict[str, Any] | None:
@@ -102,7 +116,7 @@ class KubeClient:
                 raise
             return dict(obj)
 
-        return await asyncio.to_thread(call)
+        return await self._run(call)
 
     async def replace_grant_status(self, namespace: str, obj: dict[str, Any]) -> bool:
         """Write ``obj``'s status at the resourceVersion it was read at; False on a conflict."""
@@ -123,7 +137,7 @@ class KubeClient:
                 raise
             return True
 
-        return await asyncio.to_thread(call)
+        return await self._run(call)
 
     async def list_grants(self, namespace: str) -> list[dict[str, Any]]:
         def call() -> list[dict[str, Any]]:
@@ -132,7 +146,7 @@ class KubeClient:
             )
             return list(out.get("items") or [])
 
-        return await asyncio.to_thread(call)
+        return await self._run(call)
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes | None:
         """One key of one Secret (only tenant salts, in the operator's namespace)."""
@@ -147,7 +161,7 @@ class KubeClient:
             raw = (secret.data or {}).get(key)
             return base64.b64decode(raw) if raw else None
 
-        return await asyncio.to_thread(call)
+        return await self._run(call)
 
     async def token_review(self, token: str, audiences: list[str]) -> dict[str, Any]:
         """The apiserver's verdict on a bearer token for these audiences (TokenReview status)."""
@@ -161,7 +175,7 @@ class KubeClient:
             review = client.AuthenticationV1Api(self._api).create_token_review(body)
             return dict(self._api.sanitize_for_serialization(review.status) or {})
 
-        return await asyncio.to_thread(call)
+        return await self._run(call)
 
     async def list_pod_annotations(
         self, namespace: str, label_selector: str
@@ -175,7 +189,7 @@ class KubeClient:
                 for p in pods.items
             ]
 
-        return await asyncio.to_thread(call)
+        return await self._run(call)
 
     async def apply_webhook_configuration(self, body: dict[str, Any]) -> None:
         """Create the (Mutating|Validating)WebhookConfiguration, or bring it to ``body``."""
@@ -200,7 +214,7 @@ class KubeClient:
                     raise
                 patch(body["metadata"]["name"], body)
 
-        await asyncio.to_thread(call)
+        await self._run(call)
 
     async def delete_webhook_configurations(self, name: str) -> None:
         admission = client.AdmissionregistrationV1Api(self._api)
@@ -216,7 +230,7 @@ class KubeClient:
                     if err.status != 404:
                         raise
 
-        await asyncio.to_thread(call)
+        await self._run(call)
 
     async def patch_workload(
         self, namespace: str, kind: str, name: str, body: dict[str, Any]
@@ -238,8 +252,10 @@ class KubeClient:
                 raise
             return True
 
-        return await asyncio.to_thread(call)
+        return await self._run(call)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._api.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

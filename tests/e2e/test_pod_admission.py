@@ -301,7 +301,8 @@ def test_deleting_a_live_grant_blanks_then_removes_it(
         got = cluster.kubectl("get", "secret", secret, "-n", ns, check=False)
         assert got.returncode != 0 and "NotFound" in got.stderr
 
-    eventually(collected, timeout=30)
+    # The garbage collector learns new kinds (this CRD) at its discovery resync (30 s).
+    eventually(collected, timeout=75)
 
 
 def test_operator_killed_mid_handling_loses_no_grant_and_counts_no_use_twice(

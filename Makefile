@@ -35,6 +35,7 @@ lint: venv
 
 crds: venv  ## regenerate crds/ from the API models
 	$(VENV)/bin/secretgrants crds --write crds
+	cp crds/*.secretgrants.io.yaml charts/secretgrants/crds/
 
 clean:
 	rm -rf $(VENV) .cache

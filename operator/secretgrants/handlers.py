@@ -581,7 +581,10 @@ async def _settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
         )
         if updated is None:
             return
-        if await memo.kube.replace_grant_status(namespace, {**grant, "status": updated}):
+        if (
+            await memo.kube.replace_grant_status(namespace, {**grant, "status": updated})
+            is not None
+        ):
             before = int((grant.get("status") or {}).get("usesConsumed") or 0)
             released = before - int(updated.get("usesConsumed") or 0)
             if released > 0:

@@ -118,12 +118,17 @@ class KubeClient:
 
         return await self._run(call)
 
-    async def replace_grant_status(self, namespace: str, obj: dict[str, Any]) -> bool:
-        """Write ``obj``'s status at the resourceVersion it was read at; False on a conflict."""
+    async def replace_grant_status(
+        self, namespace: str, obj: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Write ``obj``'s status at the resourceVersion it was read at.
 
-        def call() -> bool:
+        Returns the object as written (its new resourceVersion), or None on a conflict.
+        """
+
+        def call() -> dict[str, Any] | None:
             try:
-                self._custom.replace_namespaced_custom_object_status(
+                written = self._custom.replace_namespaced_custom_object_status(
                     GROUP,
                     VERSION,
                     namespace,
@@ -133,9 +138,9 @@ class KubeClient:
                 )
             except ApiException as err:
                 if err.status == 409:
-                    return False
+                    return None
                 raise
-            return True
+            return dict(written)
 
         return await self._run(call)
 

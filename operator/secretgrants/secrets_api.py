@@ -52,7 +52,9 @@ MAX_CAS_ATTEMPTS: Final = 30
 class APIStore(Protocol):
     async def read_grant(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
-    async def replace_grant_status(self, namespace: str, obj: dict[str, Any]) -> bool: ...
+    async def replace_grant_status(
+        self, namespace: str, obj: dict[str, Any]
+    ) -> dict[str, Any] | None: ...
 
     async def token_review(self, token: str, audiences: list[str]) -> dict[str, Any]: ...
 
@@ -258,7 +260,10 @@ class SecretsAPI:
                 )
             except AdmissionDenied as denied:
                 raise Problem(403, denied.reason, denied.message) from None
-            if await self.store.replace_grant_status(namespace, {**grant, "status": updated}):
+            if (
+                await self.store.replace_grant_status(namespace, {**grant, "status": updated})
+                is not None
+            ):
                 break
             self.replays._seen.pop(replay_key, None)  # the use was not counted: let it retry
             await asyncio.sleep(0.005)

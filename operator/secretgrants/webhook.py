@@ -57,7 +57,9 @@ class GrantStore(Protocol):
 
     async def read_grant(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
-    async def replace_grant_status(self, namespace: str, obj: dict[str, Any]) -> bool: ...
+    async def replace_grant_status(
+        self, namespace: str, obj: dict[str, Any]
+    ) -> dict[str, Any] | None: ...
 
     async def list_grants(self, namespace: str) -> list[dict[str, Any]]: ...
 
@@ -108,6 +110,8 @@ class PodAdmission:
         self.audience = audience
         self.auditor = auditor or Auditor()
         self.metrics = metrics or Metrics()
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._latest: dict[tuple[str, str], dict[str, Any]] = {}
 
     async def _audit(
         self,
@@ -161,29 +165,46 @@ class PodAdmission:
         return injection_patch(pod, mounts, reserved)
 
     async def _reserve(self, namespace: str, name: str, rid: str, service_account: str) -> None:
-        for attempt in range(MAX_CAS_ATTEMPTS):
-            grant = await self.store.read_grant(namespace, name)
-            check_grant_for_pod(name, grant, service_account, now())
-            assert grant is not None
-            meta = grant.get("metadata") or {}
-            status = reserve(grant.get("status") or {}, rid, generation=meta.get("generation"))
-            if await self.store.replace_grant_status(namespace, {**grant, "status": status}):
-                await self.auditor.record(
-                    type=EventType.USE_RESERVED,
-                    effect=AuditEffect.PERMIT,
-                    reason="Reserved",
-                    grant_namespace=namespace,
-                    grant_name=name,
-                    tenant=status.get("tenant"),
-                    resource_ref=status.get("resourceRef"),
-                    subject=f"system:serviceaccount:{namespace}:{service_account}",
+        """Count one use: compare-and-swap on the grant's status.
+
+        Admissions of one grant are serialised in this process (a lock per grant), and
+        each starts from the object our last write returned, so concurrent pods do not
+        storm the apiserver with conflicting writes; a 409 (another writer) re-reads.
+        """
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            grant = self._latest.pop(key, None)
+            for attempt in range(MAX_CAS_ATTEMPTS):
+                if grant is None:
+                    grant = await self.store.read_grant(namespace, name)
+                check_grant_for_pod(name, grant, service_account, now())
+                assert grant is not None
+                meta = grant.get("metadata") or {}
+                status = reserve(grant.get("status") or {}, rid, generation=meta.get("generation"))
+                written = await self.store.replace_grant_status(
+                    namespace, {**grant, "status": status}
                 )
-                return
-            await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))  # noqa: S311
-        raise AdmissionDenied(
-            "TooManyConcurrentUses",
-            f"SecretGrantRequest {name!r} is being used by too many pods at once; retry",
-            code=429,
+                if written is not None:
+                    self._latest[key] = written
+                    break
+                grant = None
+                await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))  # noqa: S311
+            else:
+                raise AdmissionDenied(
+                    "TooManyConcurrentUses",
+                    f"SecretGrantRequest {name!r} is being used by too many pods at once; retry",
+                    code=429,
+                )
+        await self.auditor.record(
+            type=EventType.USE_RESERVED,
+            effect=AuditEffect.PERMIT,
+            reason="Reserved",
+            grant_namespace=namespace,
+            grant_name=name,
+            tenant=status.get("tenant"),
+            resource_ref=status.get("resourceRef"),
+            subject=f"system:serviceaccount:{namespace}:{service_account}",
         )
 
     async def _release_all(self, namespace: str, reserved: Mapping[str, str]) -> None:

@@ -11,6 +11,7 @@ they are no broader than the code needs.
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from secretgrants.devenv.processes import binary
 from tests.conftest import REPO, SECRET_VALUE, Cluster, OperatorProcess
 from tests.e2e.kube import apply, eventually, get, grant, tenant
 
@@ -177,3 +179,56 @@ def test_the_operator_does_its_job_with_only_its_rbac(
         assert SECRET_VALUE not in log
     finally:
         cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)
+
+
+def _helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(binary("helm")), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_helm_chart_lints_renders_and_is_accepted(cluster: Cluster, operator_rbac: None) -> None:
+    chart = str(REPO / "charts" / "secretgrants")
+    lint = _helm("lint", chart, "--kube-version", "1.36.0")
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    rendered = _helm(
+        "template",
+        "sg",
+        chart,
+        "-n",
+        OPERATOR_NS,
+        "--kube-version",
+        "1.36.0",
+        "--set",
+        "provider.vault.url=https://vault.vault.svc:8200",
+        "--set",
+        "tenancy.tenantId=platform",
+        "--set",
+        "tenancy.allowedMounts={vault+kv2://secret}",
+        "--set",
+        "webhook.failurePolicy=Ignore",
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["VAULT_URL"] == "https://vault.vault.svc:8200"
+    assert env["TENANT_ALLOWED_MOUNTS"] == "vault+kv2://secret"
+    assert env["SECRETGRANTS_WEBHOOK_FAILURE_POLICY"] == "Ignore"
+    applied = cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-n",
+        OPERATOR_NS,
+        "-f",
+        "-",
+        input=rendered.stdout,
+        check=False,
+    )
+    assert applied.returncode == 0, applied.stderr
+    for crd in ("secretgrantrequests.secretgrants.io.yaml", "secrettenants.secretgrants.io.yaml"):
+        chart_crd = REPO / "charts" / "secretgrants" / "crds" / crd
+        assert chart_crd.read_text() == (REPO / "crds" / crd).read_text(), f"{crd}: run make crds"

@@ -1,0 +1,11 @@
+{{- define "secretgrants.labels" -}}
+app.kubernetes.io/name: secretgrants
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: secretgrants
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
+{{- define "secretgrants.selector" -}}
+app.kubernetes.io/name: secretgrants
+app.kubernetes.io/component: operator
+{{- end -}}

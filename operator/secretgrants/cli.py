@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -53,6 +54,31 @@ def _cmd_pdp_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import kubernetes
+
+    from secretgrants.api.common import GROUP, VERSION
+    from secretgrants.explain import explain
+
+    k8s: Any = kubernetes
+    k8s.config.load_kube_config()
+    namespace = args.namespace or k8s.config.list_kube_config_contexts()[1]["context"].get(
+        "namespace", "default"
+    )
+    try:
+        grant = k8s.client.CustomObjectsApi().get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "secretgrantrequests", args.grant
+        )
+    except k8s.client.exceptions.ApiException as err:
+        print(
+            f"cannot read SecretGrantRequest {namespace}/{args.grant}: {err.reason}",
+            file=sys.stderr,
+        )
+        return 1
+    print(explain(grant))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="secretgrants",
@@ -80,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR")
     crds.set_defaults(func=_cmd_crds)
 
+    exp = sub.add_parser(
+        "explain", help="why a grant is in its phase, in plain words (never shows a value)"
+    )
+    exp.add_argument("grant", help="the SecretGrantRequest name")
+    exp.add_argument("--namespace", "-n", help="its namespace (default: the context's)")
+    exp.set_defaults(func=_cmd_explain)
+
     pdp = sub.add_parser("pdp", help="policy decision point tools")
     pdp_sub = pdp.add_subparsers(dest="pdp_command", required=True)
     serve = pdp_sub.add_parser("serve", help="serve the built-in policy as an AuthZEN endpoint")
@@ -88,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8181)
     serve.set_defaults(func=_cmd_pdp_serve)
     return parser
+
+
+def kubectl_plugin() -> int:
+    """``kubectl secretgrants explain <grant>``: the same CLI, installed as kubectl-secretgrants."""
+    return main(sys.argv[1:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

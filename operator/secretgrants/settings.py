@@ -271,3 +271,61 @@ class Settings(BaseSettings):
     @classmethod
     def _split_mounts(cls, value: object) -> object:
         return _split(value)
+
+
+_MORE = {
+    "tenant_id": "Tenant id of the env tenant (used when no SecretTenant claims a namespace).",
+    "tenant_salt": "Audit salt for resource_ref of tenants without a saltSecretRef (secret).",
+    "secrets_audience": "Audience the Secrets API requires in ServiceAccount tokens.",
+    "secrets_api_require_auth": "Require authentication on the Secrets API (always on today).",
+    "secrets_enforce_scopes": "Require OAuth scopes per endpoint (not implemented yet).",
+    "vault_url": "Vault (or OpenBao) address for vault+kv2:// URIs.",
+    "vault_token": "Token for VAULT_AUTH_METHOD=token (secret).",
+    "vault_auth_method": "token, approle or kubernetes.",
+    "vault_role_id": "AppRole role id.",
+    "vault_secret_id": "AppRole secret id (secret).",
+    "vault_kubernetes_role": "Vault role for the Kubernetes auth method.",
+    "vault_kubernetes_mount": "Mount of the Kubernetes auth method.",
+    "vault_namespace": "Vault Enterprise / OpenBao namespace.",
+    "openbao_url": "OpenBao address for openbao+kv2:// URIs.",
+    "openbao_token": "Token for OpenBao (secret).",
+    "yaml_vault_path": "File of the YAML dev provider (yaml:// URIs).",
+    "provider_timeout_seconds": "Timeout of one provider call.",
+    "pdp_kind": "builtin, authzen or opa.",
+    "pdp_url": "AuthZEN base URL (discovery) or OPA URL.",
+    "pdp_timeout_seconds": "Timeout of one PDP call; past it the decision is a deny (fail closed).",
+    "opa_decision_path": "OPA data API path of the decision document.",
+    "webhook_address": "Address the admission webhook and the Secrets API listen on.",
+    "webhook_port": "Port of the admission webhook.",
+    "webhook_config_name": "Name of the Mutating/ValidatingWebhookConfiguration the operator keeps.",
+    "webhook_failure_policy": "Fail (default, fail closed) or Ignore.",
+    "webhook_timeout_seconds": "timeoutSeconds of the webhooks.",
+    "metrics_address": "Address of /metrics.",
+}
+
+
+def reference_markdown() -> str:
+    """The configuration reference (docs/configuration.md), generated from the fields above."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `operator/secretgrants/settings.py` (a test fails when this file is stale:",
+        "regenerate with `python -c 'from secretgrants.settings import reference_markdown as r; "
+        "print(r(), end=\"\")' > docs/configuration.md`).",
+        "",
+        "| variable | default | what |",
+        "| --- | --- | --- |",
+    ]
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [name]
+        env = str(choices[0])
+        if field.default_factory is not None:
+            default = repr(field.default_factory())  # type: ignore[call-arg]
+        else:
+            default = "unset" if field.default is None else repr(field.default)
+        if isinstance(field.default, StrEnum):
+            default = repr(field.default.value)
+        what = (field.description or _MORE.get(name, "")).replace("|", "\\|")
+        lines.append(f"| `{env}` | `{default}` | {what} |")
+    return "\n".join(lines) + "\n"

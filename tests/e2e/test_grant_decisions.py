@@ -349,3 +349,40 @@ def test_tenant_salt_secret_keys_the_resource_ref(
         assert "secret/e2e" not in json.dumps(st)  # the status names no path
     finally:
         cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)
+
+
+def test_explain_says_why_in_plain_words(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    ns = ready_namespace
+    apply(cluster, grant("db", ns, URI, maxUses=2))
+    apply(cluster, grant("elsewhere", ns, "vault+kv2://finance/ledger#key"))
+    wait_phase(cluster, "db", ns, "Granted")
+    wait_phase(cluster, "elsewhere", ns, "Rejected")
+
+    def run(name: str) -> str:
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        out = subprocess.run(
+            [sys.executable, "-m", "secretgrants", "explain", name, "-n", ns],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+        return out.stdout
+
+    granted = run("db")
+    assert f"SecretGrantRequest {ns}/db: Granted" in granted
+    assert "decision:   permit by builtin" in granted
+    assert (
+        "uses:       0 consumed, 2 left" in granted and "bound to:   ServiceAccount app" in granted
+    )
+    assert SECRET_VALUE not in granted
+    rejected = run("elsewhere")
+    assert "Rejected" in rejected and "MountNotAllowed" in rejected
+    assert "next:       ask the platform team" in rejected

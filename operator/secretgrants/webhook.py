@@ -39,6 +39,7 @@ from secretgrants.admission import (
 from secretgrants.api.common import now
 from secretgrants.audit import Auditor, EventType
 from secretgrants.audit import Effect as AuditEffect
+from secretgrants.delivery import delivery_secret_name
 from secretgrants.metrics import Metrics
 from secretgrants.pki import new_ca
 from secretgrants.uses import release, reserve
@@ -227,6 +228,30 @@ class PodAdmission:
                 return
         raise RuntimeError(f"could not release uses of {namespace}/{name}: too many conflicts")
 
+    async def _delivering(
+        self, namespace: str, candidates: set[str]
+    ) -> list[tuple[dict[str, Any], str]]:
+        """The grants whose delivery Secret is one of ``candidates``.
+
+        A delivery Secret's name is ``sg-<grant>-<hash of grant>``: the grant is read by
+        name (one GET), and only names too long to invert fall back to listing the grants.
+        """
+        found: list[tuple[dict[str, Any], str]] = []
+        unresolved: set[str] = set()
+        for secret_name in sorted(candidates):
+            guess = secret_name[3:-9]
+            if not guess or delivery_secret_name(guess) != secret_name:
+                unresolved.add(secret_name)
+                continue
+            grant = await self.store.read_grant(namespace, guess)
+            if grant is not None and _delivered(grant) == secret_name:
+                found.append((grant, secret_name))
+        if any(len(n) > 240 for n in unresolved):  # grant names longer than 230 characters
+            for grant in await self.store.list_grants(namespace):
+                if _delivered(grant) in unresolved:
+                    found.append((grant, str(_delivered(grant))))
+        return found
+
     async def validate(self, pod: Mapping[str, Any], namespace: str) -> None:
         """Refuse a pod that uses a delivery Secret the mutating webhook did not give it.
 
@@ -242,11 +267,8 @@ class PodAdmission:
             part.partition("=")[0].strip()
             for part in str(annotations.get(ANNOTATION_RESERVATIONS) or "").split(",")
         }
-        for grant in await self.store.list_grants(namespace):
+        for grant, secret_name in await self._delivering(namespace, candidates):
             status = grant.get("status") or {}
-            secret_name = (status.get("delivery") or {}).get("secretName")
-            if secret_name not in candidates:
-                continue
             name = str((grant.get("metadata") or {}).get("name"))
             bound = (status.get("binding") or {}).get("serviceAccountName")
             if bound != service_account:
@@ -264,6 +286,10 @@ class PodAdmission:
                     "label so the use is checked and counted, instead of mounting it directly",
                     grant=name,
                 )
+
+
+def _delivered(grant: Mapping[str, Any]) -> str | None:
+    return ((grant.get("status") or {}).get("delivery") or {}).get("secretName")
 
 
 def _requested(pod: Mapping[str, Any]) -> list[str]:

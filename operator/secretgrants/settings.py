@@ -311,7 +311,7 @@ def reference_markdown() -> str:
         "",
         "Generated from `operator/secretgrants/settings.py` (a test fails when this file is stale:",
         "regenerate with `python -c 'from secretgrants.settings import reference_markdown as r; "
-        "print(r(), end=\"\")' > docs/configuration.md`).",
+        'print(r(), end="")\' > docs/configuration.md`).',
         "",
         "| variable | default | what |",
         "| --- | --- | --- |",

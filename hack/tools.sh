@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds the real servers the tests and `secretgrants dev` use, from the Go
-# module proxy, into a git-ignored cache (.cache/bin, or $SECRETGRANTS_TOOLS_BIN).
+# module proxy, into a git-ignored cache (.cache/bin, or $SECRETGRANTS_TOOLS_BIN),
+# and installs Apache Kafka's jars from Maven Central beside it (.cache/kafka/libs).
 # Idempotent: each tool is rebuilt only when its pin (hack/versions.env) or
 # its module files change, so a warm run takes a second.
 #
 #   hack/tools.sh          build what is missing or stale
 #   hack/tools.sh --force  rebuild everything
+#   hack/tools.sh kafka    install only Kafka (no Go needed)
 #   hack/tools.sh gen      regenerate hack/tools/k8s/go.mod from the pins
 #   hack/tools.sh versions print what is installed
 set -euo pipefail
@@ -77,6 +79,28 @@ build_opa() {
   stamp opa "$key"
 }
 
+# Apache Kafka (KRaft broker + controller) as jars from Maven Central: the pom in
+# hack/tools/kafka names kafka_2.13 and a logging binding; maven copies them with
+# every dependency into $BIN/../kafka/libs. Needs java (17+) and mvn, no Go.
+install_kafka() {
+  local dest="$BIN/../kafka" key="$KAFKA_VERSION/$(key_of "$ROOT/hack/tools/kafka/pom.xml")"
+  if [[ $FORCE == 0 && -f "$BIN/.kafka.stamp" && "$(cat "$BIN/.kafka.stamp")" == "$key" ]] \
+    && compgen -G "$dest/libs/kafka_2.13-*.jar" >/dev/null; then
+    return 0
+  fi
+  command -v java >/dev/null || { say "Java 17+ is required to run the Kafka broker of the tests"; exit 1; }
+  command -v mvn >/dev/null || { say "Maven is required to fetch Kafka's jars (apt-get install maven)"; exit 1; }
+  rm -rf "$dest/libs.new"
+  local start=$SECONDS
+  say "installing kafka $KAFKA_VERSION (jars from Maven Central; a cold install takes about 30s)"
+  mvn -q -B --no-transfer-progress -Dstyle.color=never -f "$ROOT/hack/tools/kafka/pom.xml" \
+    -Dkafka.version="$KAFKA_VERSION" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$dest/libs.new"
+  rm -rf "$dest/libs"
+  mv "$dest/libs.new" "$dest/libs"
+  stamp kafka "$key"
+  say "installed kafka $KAFKA_VERSION in $((SECONDS - start))s"
+}
+
 build_helm() {
   local key="$HELM_VERSION"
   fresh helm "$key" helm && return 0
@@ -124,6 +148,9 @@ versions() {
       printf '%-24s %s\n' "$b" "missing"
     fi
   done
+  local jar
+  jar="$(compgen -G "$BIN/../kafka/libs/kafka_2.13-*.jar" | head -1 || true)"
+  printf '%-24s %s\n' kafka "$( [[ -n $jar ]] && basename "$jar" .jar || echo missing)"
 }
 
 main() {
@@ -131,15 +158,17 @@ main() {
   case "${1:-}" in
     gen) gen_k8s_module; return;;
     versions) versions; return;;
+    kafka) install_kafka; return;;
     --force) FORCE=1;;
     "") ;;
-    *) say "usage: hack/tools.sh [--force|gen|versions]"; exit 2;;
+    *) say "usage: hack/tools.sh [--force|gen|versions|kafka]"; exit 2;;
   esac
   local start=$SECONDS
   build_k8s
   build_vault
   build_opa
   build_helm
+  install_kafka
   say "tools ready in $BIN ($((SECONDS - start))s)"
 }
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from secretgrants.devenv import LocalControlPlane, OPAServer, VaultDevServer
+from secretgrants.devenv import KafkaServer, LocalControlPlane, OPAServer, VaultDevServer
 from secretgrants.devenv.processes import binary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +100,16 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultDevServer]:
 @pytest.fixture(scope="session")
 def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OPAServer]:
     server = OPAServer(workdir=tmp_path_factory.mktemp("opa")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
+    """A KRaft Kafka broker on 127.0.0.1 (jars from hack/tools.sh: missing ones are an error)."""
+    server = KafkaServer(tmp_path_factory.mktemp("kafka")).start()
     try:
         yield server
     finally:

@@ -23,6 +23,7 @@ from secretgrants.api.common import GROUP, VERSION, ConditionStatus, now, set_co
 from secretgrants.api.grant import DeliveryMode, SecretGrantRequestSpec, WorkloadRef
 from secretgrants.audit import Auditor, EventType, MemorySink, resource_ref
 from secretgrants.audit import Effect as AuditEffect
+from secretgrants.audit_kafka import KafkaSink, aiokafka_producer
 from secretgrants.audit_sinks import KubeEventSink, StdoutSink
 from secretgrants.delivery import (
     ANNOTATION_STATE,
@@ -73,6 +74,7 @@ GRANTS = (GROUP, VERSION, "secretgrantrequests")
 TENANTS = (GROUP, VERSION, "secrettenants")
 ANNOTATION_PREFIX = GROUP
 MAX_BACKOFF_SECONDS = 60.0
+KAFKA_FLUSH_SECONDS = 5.0  # at shutdown, queued audit events get this long to reach Kafka
 
 
 def backoff(retry: int) -> float:
@@ -127,6 +129,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         sinks.append(StdoutSink())
     if "events" in cfg.audit_sinks:
         sinks.append(KubeEventSink())
+    memo.audit_kafka = None
+    if "kafka" in cfg.audit_sinks and cfg.kafka_bootstrap:
+        memo.audit_kafka = KafkaSink(
+            aiokafka_producer(cfg.kafka_bootstrap),
+            cfg.kafka_topic,
+            buffer_size=cfg.kafka_buffer_size,
+            metrics=memo.metrics,
+        )
+        await memo.audit_kafka.start()  # connects in the background: a broker away delays nothing
+        sinks.append(memo.audit_kafka)
     memo.audit = Auditor(sinks)
     memo.diagnostics = None
     if cfg.dev_mode and cfg.diagnostics_port:
@@ -204,6 +216,8 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await memo.pdp.close()
     if memo.get("providers") is not None:
         await memo.providers.close()
+    if memo.get("audit_kafka") is not None:
+        await memo.audit_kafka.stop(timeout=KAFKA_FLUSH_SECONDS)
     for name in ("kube", "front"):
         if memo.get(name) is not None:
             memo[name].close()

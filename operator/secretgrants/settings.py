@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["PDPKind", "Settings", "VaultAuthMethod"]
@@ -227,7 +227,26 @@ class Settings(BaseSettings):
     audit_sinks: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["stdout", "events"],
         validation_alias=AliasChoices("SECRETGRANTS_AUDIT_SINKS", "audit_sinks"),
-        description="Comma-separated: stdout (JSON lines), events (Kubernetes Events).",
+        description="Comma-separated: stdout (JSON lines), events (Kubernetes Events), kafka.",
+    )
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETGRANTS_KAFKA_BOOTSTRAP", "kafka_bootstrap"),
+        description="Comma-separated host:port of the Kafka brokers of the kafka audit sink.",
+    )
+    kafka_topic: str = Field(
+        default="secretgrants.audit",
+        min_length=1,
+        max_length=249,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        validation_alias=AliasChoices("SECRETGRANTS_KAFKA_TOPIC", "kafka_topic"),
+        description="Topic of the kafka audit sink (messages keyed by grant namespace/name).",
+    )
+    kafka_buffer_size: int = Field(
+        default=10000,
+        ge=1,
+        validation_alias=AliasChoices("SECRETGRANTS_KAFKA_BUFFER", "kafka_buffer_size"),
+        description="Audit events held while Kafka is slow or away; past it new ones are dropped and counted.",
     )
     metrics_port: int = Field(
         default=9090,
@@ -271,6 +290,12 @@ class Settings(BaseSettings):
     @classmethod
     def _split_mounts(cls, value: object) -> object:
         return _split(value)
+
+    @model_validator(mode="after")
+    def _kafka_needs_brokers(self) -> Settings:
+        if "kafka" in self.audit_sinks and not self.kafka_bootstrap:
+            raise ValueError("SECRETGRANTS_AUDIT_SINKS has kafka: set SECRETGRANTS_KAFKA_BOOTSTRAP")
+        return self
 
 
 _MORE = {

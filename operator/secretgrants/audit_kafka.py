@@ -1,0 +1,268 @@
+"""The Kafka audit sink: audit events on a topic, without ever holding up a grant.
+
+``emit`` only puts the event on a bounded in-memory queue and returns; one
+background task takes events off it in batches and sends them with the
+producer (``acks=all``, idempotent), retrying a failed batch with backoff
+until it is acknowledged. So grant handling never waits for Kafka, and nothing
+is dropped while the broker is reachable: only when the queue is full (the
+broker is down or slower than the operator for long) is a new event dropped,
+counted in ``secretgrants_audit_events_dropped_total{sink="kafka"}`` and
+logged in one line that names the event, never a value. Delivery is at least
+once: a batch retried after a lost acknowledgement may arrive twice, and
+consumers deduplicate by ``event_id``. ``stop`` flushes what is queued, within
+a deadline.
+
+Messages are ``AuditEvent.to_json()``, keyed by ``<grant namespace>/<grant name>``
+so that the events of one grant stay in order on one partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Protocol
+
+from secretgrants.audit import AuditEvent
+from secretgrants.metrics import Metrics
+
+__all__ = ["KafkaSink", "Producer", "aiokafka_producer", "event_key"]
+
+log = logging.getLogger("secretgrants.audit.kafka")
+
+SINK: Final = "kafka"
+MAX_BATCH: Final = 500
+DROP_LOG_INTERVAL_SECONDS: Final = 10.0
+
+
+class Producer(Protocol):
+    """What the sink needs of a Kafka producer (aiokafka's ``AIOKafkaProducer`` has it)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None
+    ) -> asyncio.Future[Any]: ...
+
+
+ProducerFactory = Callable[[], Producer]
+
+
+def aiokafka_producer(bootstrap: str, *, request_timeout_ms: int = 10_000) -> ProducerFactory:
+    """A factory of aiokafka producers for ``bootstrap`` (comma-separated host:port)."""
+
+    def make() -> Producer:
+        from aiokafka import AIOKafkaProducer
+
+        producer: Producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id="secretgrants-audit",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            request_timeout_ms=request_timeout_ms,
+            retry_backoff_ms=200,
+        )
+        return producer
+
+    return make
+
+
+def event_key(event: AuditEvent) -> bytes | None:
+    if event.grant_namespace and event.grant_name:
+        return f"{event.grant_namespace}/{event.grant_name}".encode()
+    return None
+
+
+class KafkaSink:
+    """An ``AuditSink`` whose ``emit`` never waits on the network."""
+
+    name = SINK
+
+    def __init__(
+        self,
+        producer_factory: ProducerFactory,
+        topic: str,
+        *,
+        buffer_size: int = 10_000,
+        metrics: Metrics | None = None,
+        send_timeout: float = 15.0,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 5.0,
+    ) -> None:
+        if buffer_size < 1:
+            raise ValueError("buffer_size must be at least 1")
+        self.topic = topic
+        self.buffer_size = buffer_size
+        self.metrics = metrics
+        self.sent = 0
+        self.dropped = 0
+        self._factory = producer_factory
+        self._send_timeout = send_timeout
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(maxsize=buffer_size)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._producer: Producer | None = None
+        self._inflight: list[AuditEvent] = []
+        self._closed = False
+        self._unreported_drops = 0
+        self._last_drop_log = float("-inf")
+
+    # --- the grant-handling side: never blocks ---
+
+    async def emit(self, event: AuditEvent) -> None:
+        if self._closed:
+            self._drop(event, "sink stopped")
+            return
+        loop = self._loop
+        if loop is not None and loop is not asyncio.get_running_loop():
+            loop.call_soon_threadsafe(self._enqueue, event)  # asyncio.Queue is not thread-safe
+        else:
+            self._enqueue(event)
+
+    def _enqueue(self, event: AuditEvent) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._drop(event, "buffer full")
+
+    def _count_dropped(self, count: int) -> None:
+        self.dropped += count
+        if self.metrics is not None:
+            self.metrics.audit_dropped.labels(sink=SINK).inc(count)
+
+    def _drop(self, event: AuditEvent, why: str) -> None:
+        self._count_dropped(1)
+        self._unreported_drops += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL_SECONDS:
+            # One line per interval, naming the event (ids only) and the count since the last.
+            log.warning(
+                "audit sink kafka dropped %d event(s) (%s, buffer %d); last: %s %s grant=%s/%s",
+                self._unreported_drops,
+                why,
+                self.buffer_size,
+                event.type.value,
+                event.event_id,
+                event.grant_namespace or "-",
+                event.grant_name or "-",
+            )
+            self._unreported_drops = 0
+            self._last_drop_log = now
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    # --- the background side ---
+
+    async def start(self) -> None:
+        """Start the sender on the running loop. Connecting happens there, with retries."""
+        if self._task is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name="secretgrants-audit-kafka")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Flush what is queued (within ``timeout``), then close the producer.
+
+        Events still unsent at the deadline are counted and logged as dropped.
+        """
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._queue.join()), timeout)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close_producer()
+        unsent, self._inflight = list(self._inflight), []
+        while not self._queue.empty():
+            unsent.append(self._queue.get_nowait())
+            self._queue.task_done()
+        if unsent:
+            self._count_dropped(len(unsent))
+            log.warning(
+                "audit sink kafka dropped %d event(s) unsent at shutdown (broker unreachable)",
+                len(unsent),
+            )
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._deliver(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _deliver(self, batch: Sequence[AuditEvent]) -> None:
+        """Send ``batch`` until every event is acknowledged; the broker being away only delays it."""
+        pending = list(batch)
+        delay = self._backoff_initial
+        while pending:
+            self._inflight = pending
+            try:
+                pending = await asyncio.wait_for(self._send(pending), self._send_timeout)
+            except Exception as err:  # connection, timeout, broker errors: retry them all
+                log.warning(
+                    "audit sink kafka: sending %d event(s) failed (%s); retrying in %.1fs",
+                    len(pending),
+                    type(err).__name__,
+                    delay,
+                )
+            self._inflight = pending
+            if pending:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff_max)
+
+    async def _send(self, events: Sequence[AuditEvent]) -> list[AuditEvent]:
+        """Send ``events``; return those not acknowledged (to retry)."""
+        producer = await self._started_producer()
+        futures: list[Awaitable[Any]] = []
+        for event in events:
+            futures.append(
+                await producer.send(
+                    self.topic, value=event.to_json().encode(), key=event_key(event)
+                )
+            )
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [e for e, r in zip(events, results, strict=True) if isinstance(r, BaseException)]
+        self.sent += len(events) - len(failed)
+        if failed:
+            first = next(r for r in results if isinstance(r, BaseException))
+            log.warning(
+                "audit sink kafka: %d of %d event(s) not acknowledged (%s)",
+                len(failed),
+                len(events),
+                type(first).__name__,
+            )
+        return failed
+
+    async def _started_producer(self) -> Producer:
+        if self._producer is None:
+            producer = self._factory()
+            try:
+                await producer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise
+            self._producer = producer
+            log.info("audit sink kafka connected (topic %s)", self.topic)
+        return self._producer
+
+    async def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 10.0)

@@ -93,8 +93,11 @@ install_kafka() {
   rm -rf "$dest/libs.new"
   local start=$SECONDS
   say "installing kafka $KAFKA_VERSION (jars from Maven Central; a cold install takes about 30s)"
-  mvn -q -B --no-transfer-progress -Dstyle.color=never -f "$ROOT/hack/tools/kafka/pom.xml" \
-    -Dkafka.version="$KAFKA_VERSION" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$dest/libs.new"
+  mkdir -p "$dest"
+  mvn -B --no-transfer-progress -Dstyle.color=never -f "$ROOT/hack/tools/kafka/pom.xml" \
+    -Dkafka.version="$KAFKA_VERSION" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$dest/libs.new" > "$dest/install.log" 2>&1 \
+    || { tail -40 "$dest/install.log" >&2; say "kafka install failed (log: $dest/install.log)"; exit 1; }
   rm -rf "$dest/libs"
   mv "$dest/libs.new" "$dest/libs"
   stamp kafka "$key"

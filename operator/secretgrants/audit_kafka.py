@@ -28,13 +28,40 @@ from typing import Any, Final, Protocol
 from secretgrants.audit import AuditEvent
 from secretgrants.metrics import Metrics
 
-__all__ = ["KafkaSink", "Producer", "aiokafka_producer", "event_key"]
+__all__ = ["KafkaSink", "Producer", "QuietRepeats", "aiokafka_producer", "event_key"]
 
 log = logging.getLogger("secretgrants.audit.kafka")
 
 SINK: Final = "kafka"
 MAX_BATCH: Final = 500
 DROP_LOG_INTERVAL_SECONDS: Final = 10.0
+# aiokafka logs each reconnect attempt (several a second while a broker is away).
+_AIOKAFKA_LOGGERS: Final = ("aiokafka", "aiokafka.producer.sender", "aiokafka.conn")
+QUIET_REPEAT_SECONDS: Final = 30.0
+
+
+class QuietRepeats(logging.Filter):
+    """Lets one record of each message template through per interval."""
+
+    def __init__(self, interval: float = QUIET_REPEAT_SECONDS) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        key = str(record.msg)
+        if now - self._last.get(key, float("-inf")) < self.interval:
+            return False
+        self._last[key] = now
+        return True
+
+
+def quiet_aiokafka() -> None:
+    for name in _AIOKAFKA_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietRepeats) for f in logger.filters):
+            logger.addFilter(QuietRepeats())
 
 
 class Producer(Protocol):
@@ -166,6 +193,7 @@ class KafkaSink:
         """Start the sender on the running loop. Connecting happens there, with retries."""
         if self._task is not None:
             return
+        quiet_aiokafka()
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="secretgrants-audit-kafka")
 

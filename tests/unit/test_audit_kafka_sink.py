@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 from pydantic import ValidationError
 
 from secretgrants.audit import AuditEvent, Effect, EventType
-from secretgrants.audit_kafka import KafkaSink, Producer, event_key
+from secretgrants.audit_kafka import KafkaSink, Producer, QuietRepeats, event_key
 from secretgrants.metrics import Metrics
 from secretgrants.settings import Settings
 
@@ -236,3 +236,14 @@ def test_settings_need_brokers_for_the_kafka_sink(monkeypatch: pytest.MonkeyPatc
 def test_buffer_must_hold_something() -> None:
     with pytest.raises(ValueError, match="buffer_size"):
         KafkaSink(FakeBroker().factory, TOPIC, buffer_size=0)
+
+
+def test_repeated_client_log_lines_are_quietened() -> None:
+    quiet = QuietRepeats(interval=60.0)
+
+    def record(msg: str, arg: object) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka", logging.ERROR, __file__, 1, msg, (arg,), None)
+
+    passed = [quiet.filter(record("Unable connect to node with id %s", n)) for n in range(50)]
+    assert passed == [True] + [False] * 49  # a reconnect loop logs once per interval
+    assert quiet.filter(record("Unable to update metadata from %s", 1))  # another message passes

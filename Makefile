@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 
 .PHONY: dev test tools venv lint crds unit e2e clean
 
-tools:  ## build the real servers (etcd, kube-apiserver, kube-controller-manager, kubectl, Vault, OPA)
+tools:  ## build the real servers (etcd, kube-apiserver, kube-controller-manager, kubectl, Vault, OPA, helm) and install Kafka
 	hack/tools.sh
 
 venv: $(VENV)/.installed

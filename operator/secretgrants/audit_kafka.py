@@ -217,10 +217,15 @@ class KafkaSink:
             self._queue.task_done()
         if unsent:
             self._count_dropped(len(unsent))
+        if unsent or self._unreported_drops:
             log.warning(
-                "audit sink kafka dropped %d event(s) unsent at shutdown (broker unreachable)",
+                "audit sink kafka dropped %d event(s) unsent at shutdown (broker unreachable), "
+                "%d dropped since the last report, %d in all",
                 len(unsent),
+                self._unreported_drops,
+                self.dropped,
             )
+            self._unreported_drops = 0
 
     async def _run(self) -> None:
         while True:

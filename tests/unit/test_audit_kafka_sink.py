@@ -247,3 +247,13 @@ def test_repeated_client_log_lines_are_quietened() -> None:
     passed = [quiet.filter(record("Unable connect to node with id %s", n)) for n in range(50)]
     assert passed == [True] + [False] * 49  # a reconnect loop logs once per interval
     assert quiet.filter(record("Unable to update metadata from %s", 1))  # another message passes
+
+
+async def test_events_from_another_thread_reach_the_sinks_loop() -> None:
+    broker = FakeBroker()
+    sink = fast_sink(broker)
+    await sink.start()
+    await asyncio.to_thread(asyncio.run, sink.emit(event(7)))  # a loop in another thread
+    await eventually(lambda: len(broker.log) == 1)
+    await sink.stop()
+    assert reasons(broker) == ["r7"] and sink.dropped == 0

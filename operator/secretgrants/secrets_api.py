@@ -27,6 +27,7 @@ from typing import Any, Final, Protocol
 
 from aiohttp import web
 
+from secretgrants import tracing
 from secretgrants.admission import AdmissionDenied
 from secretgrants.api.common import now
 from secretgrants.api.grant import SecretGrantRequestSpec
@@ -157,6 +158,15 @@ class SecretsAPI:
         return web.json_response(openapi_document())
 
     async def _read(self, request: web.Request) -> web.Response:
+        with tracing.span(
+            tracing.SPAN_SECRETS_API,
+            grant_namespace=request.match_info["namespace"],
+            grant_name=request.match_info["name"],
+            operation="read",
+        ):
+            return await self._serve_read(request)
+
+    async def _serve_read(self, request: web.Request) -> web.Response:
         namespace = request.match_info["namespace"]
         name = request.match_info["name"]
         subject: str | None = None
@@ -177,6 +187,7 @@ class SecretsAPI:
     async def _audit(
         self, effect: AuditEffect, reason: str, namespace: str, name: str, subject: str | None
     ) -> None:
+        tracing.annotate(effect=effect.value, reason=reason)
         await self.auditor.record(
             type=EventType.USE_RESERVED if effect is AuditEffect.PERMIT else EventType.POD_DENIED,
             effect=effect,
@@ -314,7 +325,8 @@ class SecretsAPI:
         uri = parse_secret_uri(spec.secret_uri)
         try:
             provider = self.providers.provider_for(uri)
-            data = await provider.read(uri.without_fragment(), spec.version)
+            with tracing.span(tracing.SPAN_PROVIDER, provider=uri.scheme, operation="read"):
+                data = await provider.read(uri.without_fragment(), spec.version)
             values = select_keys(data.data, spec, uri.fragment)
         except SecretGrantsError as err:
             self.metrics.errors.labels(err.reason.value).inc()

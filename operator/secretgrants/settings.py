@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -260,6 +260,24 @@ class Settings(BaseSettings):
             "SECRETGRANTS_RESTART_MIN_INTERVAL", "restart_min_interval_seconds"
         ),
         description="At most one rollout restart per workload in this many seconds.",
+    )
+    # --- traces (the tracing extra) ---
+    tracing: Literal["off", "otlp", "console"] = Field(
+        default="off",
+        validation_alias=AliasChoices("SECRETGRANTS_TRACING", "tracing"),
+        description=(
+            "OpenTelemetry spans: off, otlp (OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT, "
+            "default http://localhost:4318) or console (JSON lines on stdout). "
+            "Needs the tracing extra."
+        ),
+    )
+    tracing_service_name: str = Field(
+        default="secretgrants",
+        min_length=1,
+        validation_alias=AliasChoices(
+            "SECRETGRANTS_TRACING_SERVICE_NAME", "OTEL_SERVICE_NAME", "tracing_service_name"
+        ),
+        description="service.name of the spans.",
     )
 
     @field_validator("audit_sinks", mode="before")

@@ -194,6 +194,16 @@ class Manager:
         try:
             uri = parse_secret_uri(call.uri)
             uri.check_purpose(spec.purpose.value)
+            if (
+                uri.fragment is not None
+                and call.data is not None
+                and set(call.data) != {uri.fragment}
+            ):
+                raise Problem(
+                    400,
+                    "InvalidRequest",
+                    f"a write to '#{uri.fragment}' changes that one key: give exactly that key",
+                )
             tenant = self.tenants.tenant_for(caller.namespace)
             ctx.tenant = tenant.tenant_id
             ctx.resource_ref = resource_ref(

@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 from secretgrants.providers.base import SecretMetadata, VersionInfo
 
 __all__ = [
+    "EXAMPLE_URI",
     "MAX_BULK_OPERATIONS",
     "BulkItem",
     "BulkItemResult",
@@ -38,7 +39,10 @@ MAX_BULK_OPERATIONS = 50
 MAX_KEYS = 256
 MAX_VERSIONS = 100
 
-URIText = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+EXAMPLE_URI = "vault+kv2://secret/payments/db"
+URIText = Annotated[
+    str, StringConstraints(min_length=1, max_length=2048), Field(examples=[EXAMPLE_URI])
+]
 KeyName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Value = Annotated[str, StringConstraints(max_length=65536)]
 VersionNumber = Annotated[int, Field(ge=1, le=2**31 - 1)]
@@ -57,7 +61,9 @@ class SecretWrite(_Body):
     """POST /secrets and /secrets/rotate: the secret and its new values."""
 
     uri: URIText = Field(description="Canonical secret URI; '#key' writes only that key.")
-    data: SecretValues = Field(description="Key -> value. Never logged.")
+    data: SecretValues = Field(
+        description="Key -> value. Never logged.", examples=[{"password": "example"}]
+    )
 
 
 class VersionsRequest(_Body):

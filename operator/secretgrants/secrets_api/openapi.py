@@ -93,6 +93,7 @@ def _uri_param() -> dict[str, Any]:
         "required": True,
         "description": "Canonical secret URI, percent-encoded ('#' as %23).",
         "schema": {"type": "string", "minLength": 1, "maxLength": 2048},
+        "example": models.EXAMPLE_URI,
     }
 
 

@@ -48,7 +48,13 @@ Value = Annotated[str, StringConstraints(max_length=65536)]
 VersionNumber = Annotated[int, Field(ge=1, le=2**31 - 1)]
 SecretValues = Annotated[dict[KeyName, Value], Field(min_length=1, max_length=MAX_KEYS)]
 VersionList = Annotated[list[VersionNumber], Field(min_length=1, max_length=MAX_VERSIONS)]
-Owner = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+# An identifier (team, e-mail, ServiceAccount): printable ASCII, which every store keeps as
+# custom metadata (Vault refuses unprintable characters and values over 512 bytes).
+Owner = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=256, pattern=r"^[\x20-\x7e]+$"),
+    Field(examples=["team-payments"]),
+]
 
 
 class _Body(BaseModel):

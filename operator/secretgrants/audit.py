@@ -57,6 +57,8 @@ class EventType(StrEnum):
     REVOKED = "revoked"
     GUARD_REJECTED = "guard_rejected"
     PROVIDER_ERROR = "provider_error"
+    SECRET_MANAGED = "secret_managed"  # noqa: S105 - a Secrets API management call carried out
+    API_REFUSED = "api_refused"  # a Secrets API call refused before any decision (auth, scope)
 
 
 class Effect(StrEnum):

@@ -55,7 +55,7 @@ from secretgrants.reasons import ConditionType, Phase, Reason
 from secretgrants.redaction import register_secret
 from secretgrants.restarts import RestartLimiter, restart_patch
 from secretgrants.salts import SaltResolver
-from secretgrants.secrets_api import SecretsAPI
+from secretgrants.secrets_api import IndexTenants, SecretsAPI, settings_options
 from secretgrants.settings import Settings
 from secretgrants.tenancy import Tenant, TenantSource, env_tenant
 from secretgrants.uses import settle
@@ -81,7 +81,7 @@ def backoff(retry: int) -> float:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     cfg = Settings()
     memo.config = cfg
     tracing.configure(cfg.tracing, service_name=cfg.tracing_service_name)
@@ -159,8 +159,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             audience=cfg.secrets_audience,
             auditor=memo.audit,
             metrics=memo.metrics,
+            pdp=memo.pdp,
+            tenants=IndexTenants(
+                kwargs["namespace_labels"], kwargs["tenant_sources"], memo.fallback
+            ),
+            salts=memo.salts,
+            **settings_options(cfg),
         )
-        await memo.secrets_api.start(cfg.webhook_address, cfg.api_port, memo.cert.ssl_context())
+        await memo.secrets_api.start(cfg.webhook_address, cfg.api_port, memo.cert)
 
 
 async def _start_webhook(memo: kopf.Memo, cfg: Settings) -> None:

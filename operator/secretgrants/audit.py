@@ -22,6 +22,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from secretgrants import tracing
 from secretgrants.uri import SecretURI
 
 __all__ = [
@@ -56,6 +57,8 @@ class EventType(StrEnum):
     REVOKED = "revoked"
     GUARD_REJECTED = "guard_rejected"
     PROVIDER_ERROR = "provider_error"
+    SECRET_MANAGED = "secret_managed"  # noqa: S105 - a Secrets API management call carried out
+    API_REFUSED = "api_refused"  # a Secrets API call refused before any decision (auth, scope)
 
 
 class Effect(StrEnum):
@@ -142,6 +145,9 @@ class Auditor:
                 log.warning("audit sink %s failed: %s", sink.name, type(err).__name__)
 
     async def record(self, **fields: object) -> AuditEvent:
+        """Validate and emit one event; it carries the current span's ids unless given."""
+        if fields.get("trace_id") is None and fields.get("span_id") is None:
+            fields["trace_id"], fields["span_id"] = tracing.current_ids()
         event = AuditEvent.model_validate(fields)
         await self.emit(event)
         return event

@@ -8,7 +8,8 @@
 Without DPoP, each read needs a token with a new ``jti`` (the PEP accepts a
 token once): pass a callable that mints one (TokenRequest). With DPoP, the
 client keeps an in-memory P-256 key (never written to disk), signs a proof
-per request, and may reuse its token until it expires. Retries with backoff
+per request, and may reuse its token until it expires. With ``cert`` (a client
+certificate), the first read binds the grant to it (mTLS). Retries with backoff
 on 502 and 503 only. Values are returned, never logged.
 """
 
@@ -52,7 +53,9 @@ class SecretsClient:
         retries: int = 3,
         backoff_seconds: float = 0.2,
         timeout: float = 5.0,
+        cert: tuple[str, str] | None = None,
     ) -> None:
+        """``cert``: (certificate file, key file) of a client certificate for mTLS binding."""
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.key = dpop_key or (ec.generate_private_key(ec.SECP256R1()) if dpop else None)
@@ -61,6 +64,13 @@ class SecretsClient:
         tls: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
         )
+        if cert is not None:
+            if not isinstance(tls, ssl.SSLContext):
+                unverified = tls is False
+                tls = ssl.create_default_context()
+                if unverified:
+                    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+            tls.load_cert_chain(*cert)
         self._http = httpx.Client(verify=tls, timeout=timeout)
 
     def close(self) -> None:

@@ -30,8 +30,10 @@ __all__ = [
     "DPoPProof",
     "b64url",
     "jwk_thumbprint",
+    "jws_public_key",
     "private_jwk_public",
     "sign_proof",
+    "verify_jws_signature",
     "verify_proof",
 ]
 
@@ -105,6 +107,22 @@ def _verify(key: Any, alg: str, signature: bytes, signed: bytes) -> None:
             key.verify(signature, signed)
     except InvalidSignature:
         raise DPoPError("the proof's signature does not verify") from None
+
+
+def jws_public_key(jwk: dict[str, Any], alg: str) -> Any:
+    """The public key of a JWK for ``alg`` (ES256, RS256, EdDSA); DPoPError when it does not fit.
+
+    Shared with the access-token verifier of the Secrets API (keys from a JWKS).
+    """
+    try:
+        return _public_key(jwk, alg)
+    except (KeyError, ValueError, TypeError):
+        raise DPoPError("the JWK is malformed") from None
+
+
+def verify_jws_signature(key: Any, alg: str, signature: bytes, signed: bytes) -> None:
+    """Check a compact JWS signature (raw R||S for ES256); DPoPError when it does not verify."""
+    _verify(key, alg, signature, signed)
 
 
 def normalise_htu(url: str) -> str:

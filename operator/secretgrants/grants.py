@@ -405,8 +405,12 @@ def access_request(
     created_by: str | None = None,
     created_at: dt.datetime | None = None,
     correlation_id: str | None = None,
+    traceparent: str | None = None,
 ) -> AccessRequest:
-    """The question for the PDP. It holds names and attributes, never a value."""
+    """The question for the PDP. It holds names and attributes, never a value.
+
+    ``traceparent`` (the current span's) also fills the context's trace and span ids.
+    """
     return AccessRequest(
         subject=Subject(
             namespace=namespace,
@@ -427,6 +431,7 @@ def access_request(
             requested_ttl_seconds=spec.ttl_seconds,
             requested_max_uses=spec.max_uses,
             correlation_id=correlation_id,
+            traceparent=traceparent,
         ),
     )
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import kopf
 
+from secretgrants import tracing
 from secretgrants.admission import LABEL_INJECT, reservation_ids
 from secretgrants.api.common import GROUP, VERSION, ConditionStatus, now, set_condition
 from secretgrants.api.grant import DeliveryMode, SecretGrantRequestSpec, WorkloadRef
@@ -55,7 +56,7 @@ from secretgrants.reasons import ConditionType, Phase, Reason
 from secretgrants.redaction import register_secret
 from secretgrants.restarts import RestartLimiter, restart_patch
 from secretgrants.salts import SaltResolver
-from secretgrants.secrets_api import SecretsAPI
+from secretgrants.secrets_api import IndexTenants, SecretsAPI, settings_options
 from secretgrants.settings import Settings
 from secretgrants.tenancy import Tenant, TenantSource, env_tenant
 from secretgrants.uses import settle
@@ -82,9 +83,10 @@ def backoff(retry: int) -> float:
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     cfg = Settings()
     memo.config = cfg
+    tracing.configure(cfg.tracing, service_name=cfg.tracing_service_name)
     memo.fallback = env_tenant(cfg.tenant_id, cfg.tenant_allowed_mounts)
     memo.salt = cfg.tenant_salt.get_secret_value().encode() if cfg.tenant_salt else None
     memo.pdp = build_pdp(cfg) if cfg.enable_authorization else None
@@ -169,8 +171,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             audience=cfg.secrets_audience,
             auditor=memo.audit,
             metrics=memo.metrics,
+            pdp=memo.pdp,
+            tenants=IndexTenants(
+                kwargs["namespace_labels"], kwargs["tenant_sources"], memo.fallback
+            ),
+            salts=memo.salts,
+            **settings_options(cfg),
         )
-        await memo.secrets_api.start(cfg.webhook_address, cfg.api_port, memo.cert.ssl_context())
+        await memo.secrets_api.start(cfg.webhook_address, cfg.api_port, memo.cert)
 
 
 async def _start_webhook(memo: kopf.Memo, cfg: Settings) -> None:
@@ -221,6 +229,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     for name in ("kube", "front"):
         if memo.get(name) is not None:
             memo[name].close()
+    tracing.shutdown()  # flush the spans still batched
 
 
 @kopf.on.event(*GRANTS)
@@ -290,43 +299,54 @@ async def reconcile_grant(
     current = dict(status)
     if kwargs.get("reason") == "resume" and settled(current, generation):
         return  # decided for this generation before a restart: nothing to redo, no use reset
-    labels = next(iter(namespace_labels.get(namespace, [])), {})
-    fallback: Tenant | None = memo.fallback
-    try:
-        parsed = SecretGrantRequestSpec.model_validate(dict(spec))
-        outcome = check_request(
-            parsed, namespace, labels, list(tenant_sources.get("all", [])), fallback
-        )
-    except SecretGrantsError as err:
-        await _withdraw_delivery(memo, namespace, name, current)
-        patch.status.update(failure_status(err, generation=generation, status=current))
-        await _audit(
+    with tracing.span(
+        tracing.SPAN_GRANT,
+        grant_namespace=namespace,
+        grant_name=name,
+        trigger=str(kwargs.get("reason", "unknown")),
+    ) as grant_span:
+        labels = next(iter(namespace_labels.get(namespace, [])), {})
+        fallback: Tenant | None = memo.fallback
+        try:
+            with tracing.span(tracing.SPAN_GUARD, grant_namespace=namespace, grant_name=name):
+                parsed = SecretGrantRequestSpec.model_validate(dict(spec))
+                outcome = check_request(
+                    parsed, namespace, labels, list(tenant_sources.get("all", [])), fallback
+                )
+        except SecretGrantsError as err:
+            await _withdraw_delivery(memo, namespace, name, current)
+            failed = failure_status(err, generation=generation, status=current)
+            patch.status.update(failed)
+            grant_span.set(phase=failed.get("phase"), reason=err.reason.value)
+            await _audit(
+                memo,
+                EventType.GUARD_REJECTED,
+                AuditEffect.DENY,
+                err.reason.value,
+                grant_namespace=namespace,
+                grant_name=name,
+                grant_uid=uid,
+                subject=_subject(namespace, spec.get("serviceAccountName")),
+                purpose=spec.get("purpose"),
+            )
+            return
+        grant_span.set(purpose=parsed.purpose.value, tenant=outcome.tenant.tenant_id)
+        result = await _authorize_and_deliver(
             memo,
-            EventType.GUARD_REJECTED,
-            AuditEffect.DENY,
-            err.reason.value,
-            grant_namespace=namespace,
-            grant_name=name,
-            grant_uid=uid,
-            subject=_subject(namespace, spec.get("serviceAccountName")),
-            purpose=spec.get("purpose"),
+            parsed,
+            outcome,
+            namespace=namespace,
+            name=name,
+            uid=uid or "",
+            generation=generation,
+            status=current,
         )
-        return
-    result = await _authorize_and_deliver(
-        memo,
-        parsed,
-        outcome,
-        namespace=namespace,
-        name=name,
-        uid=uid or "",
-        generation=generation,
-        status=current,
-    )
-    if not result.permitted:
-        await _withdraw_delivery(memo, namespace, name, current)
-    patch.status.update(result.status)
-    if result.retry_reason:
-        raise kopf.TemporaryError(result.retry_reason, delay=backoff(retry))
+        if not result.permitted:
+            await _withdraw_delivery(memo, namespace, name, current)
+        patch.status.update(result.status)
+        grant_span.set(phase=result.status.get("phase"))
+        if result.retry_reason:
+            raise kopf.TemporaryError(result.retry_reason, delay=backoff(retry))
 
 
 async def _withdraw_delivery(
@@ -372,6 +392,7 @@ async def _authorize_and_deliver(
         "resource_ref": ref,
         "subject": _subject(namespace, parsed.service_account_name),
     }
+    tracing.annotate(resource_ref=ref)
 
     sa_uid = await memo.kube.service_account_uid(namespace, parsed.service_account_name)
     if sa_uid is None:
@@ -387,29 +408,39 @@ async def _authorize_and_deliver(
     metrics: Metrics = memo.metrics
     scheme = outcome.uri.scheme
     try:
-        started = time.perf_counter()
-        decision = await _decide(memo, outcome, parsed, namespace, sa_uid, cfg)
-        metrics.pdp_latency.labels(decision.pdp_kind).observe(time.perf_counter() - started)
-        enforcement = apply_obligations(parsed.ttl_seconds, parsed.max_uses, decision)
-        final = enforcement.decision
-        effect = (
-            AuditEffect.PERMIT
-            if final.permitted
-            else AuditEffect.ERROR
-            if final.retryable
-            else AuditEffect.DENY
-        )
-        metrics.decisions.labels(effect.value, final.pdp_kind).inc()
-        await _audit(
-            memo,
-            EventType.DECISION,
-            effect,
-            final.condition_reason.value if not final.permitted else "Permitted",
-            decision_id=final.decision_id,
-            correlation_id=final.decision_id,
-            pdp=final.pdp_kind,
-            **context,
-        )
+        with tracing.span(tracing.SPAN_PDP, purpose=parsed.purpose.value) as pdp_span:
+            started = time.perf_counter()
+            decision = await _decide(memo, outcome, parsed, namespace, sa_uid, cfg)
+            metrics.pdp_latency.labels(decision.pdp_kind).observe(time.perf_counter() - started)
+            enforcement = apply_obligations(parsed.ttl_seconds, parsed.max_uses, decision)
+            final = enforcement.decision
+            effect = (
+                AuditEffect.PERMIT
+                if final.permitted
+                else AuditEffect.ERROR
+                if final.retryable
+                else AuditEffect.DENY
+            )
+            metrics.decisions.labels(effect.value, final.pdp_kind).inc()
+            reason = final.condition_reason.value if not final.permitted else "Permitted"
+            pdp_span.set(
+                pdp_kind=final.pdp_kind,
+                effect=effect.value,
+                reason=reason,
+                decision_id=final.decision_id,
+            )
+            if final.retryable:
+                pdp_span.fail(reason)
+            await _audit(
+                memo,
+                EventType.DECISION,
+                effect,
+                reason,
+                decision_id=final.decision_id,
+                correlation_id=final.decision_id,
+                pdp=final.pdp_kind,
+                **context,
+            )
         if not enforcement.permitted:
             if final.retryable:
                 metrics.errors.labels(Reason.PDP_UNAVAILABLE.value).inc()
@@ -421,10 +452,11 @@ async def _authorize_and_deliver(
                 resource_ref=ref,
             )
             return Outcome(denied, "PDP unavailable" if final.retryable else None)
-        provider = memo.providers.provider_for(outcome.uri)
-        started = time.perf_counter()
-        data = await provider.read(outcome.uri.without_fragment(), parsed.version)
-        metrics.provider_latency.labels(scheme, "read").observe(time.perf_counter() - started)
+        with tracing.span(tracing.SPAN_PROVIDER, provider=scheme, operation="read"):
+            provider = memo.providers.provider_for(outcome.uri)
+            started = time.perf_counter()
+            data = await provider.read(outcome.uri.without_fragment(), parsed.version)
+            metrics.provider_latency.labels(scheme, "read").observe(time.perf_counter() - started)
         values = select_keys(data.data, parsed, outcome.uri.fragment)
         for value in values.values():
             register_secret(value)
@@ -440,23 +472,26 @@ async def _authorize_and_deliver(
     expires = at + dt.timedelta(seconds=enforcement.ttl_seconds or cfg.default_ttl_seconds)
     secret_name: str | None = None
     if parsed.delivery.mode is DeliveryMode.VOLUME:
-        body = delivery_secret(
-            grant_name=name,
-            grant_uid=uid,
-            service_account=parsed.service_account_name,
-            values=values,
-            expires_at=expires,
-        )
-        await memo.kube.upsert_secret(namespace, body)
-        secret_name = body["metadata"]["name"]
-        await _audit(
-            memo,
-            EventType.DELIVERY_WRITTEN,
-            AuditEffect.PERMIT,
-            "Delivered",
-            decision_id=final.decision_id,
-            **context,
-        )
+        with tracing.span(
+            tracing.SPAN_DELIVERY, delivery_mode=parsed.delivery.mode.value, key_count=len(values)
+        ):
+            body = delivery_secret(
+                grant_name=name,
+                grant_uid=uid,
+                service_account=parsed.service_account_name,
+                values=values,
+                expires_at=expires,
+            )
+            await memo.kube.upsert_secret(namespace, body)
+            secret_name = body["metadata"]["name"]
+            await _audit(
+                memo,
+                EventType.DELIVERY_WRITTEN,
+                AuditEffect.PERMIT,
+                "Delivered",
+                decision_id=final.decision_id,
+                **context,
+            )
     granted = granted_status(
         enforcement,
         generation=generation,
@@ -502,7 +537,8 @@ async def _decide(
         )
     pdp: PolicyDecisionPoint = memo.pdp
     provider = memo.providers.provider_for(outcome.uri)
-    meta = await provider.read_metadata(outcome.uri.without_fragment())
+    with tracing.span(tracing.SPAN_PROVIDER, provider=outcome.uri.scheme, operation="metadata"):
+        meta = await provider.read_metadata(outcome.uri.without_fragment())
     request = access_request(
         outcome,
         spec,
@@ -512,6 +548,7 @@ async def _decide(
         created_by=meta.created_by,
         created_at=meta.created_at,
         correlation_id=str(uuid.uuid4()),
+        traceparent=tracing.traceparent(),  # the PDP span: sent as header and in the context
     )
     return await pdp.evaluate(request)
 
@@ -636,16 +673,25 @@ async def _renew(
     except SecretGrantsError as err:
         kopf.warn(body, reason="RenewalRefused", message=err.message)
         return False
-    result = await _authorize_and_deliver(
-        memo,
-        parsed,
-        outcome,
-        namespace=namespace,
-        name=name,
-        uid=uid,
-        generation=generation,
-        status=status,
-    )
+    with tracing.span(
+        tracing.SPAN_GRANT,
+        grant_namespace=namespace,
+        grant_name=name,
+        trigger="renew",
+        purpose=parsed.purpose.value,
+        tenant=outcome.tenant.tenant_id,
+    ) as grant_span:
+        result = await _authorize_and_deliver(
+            memo,
+            parsed,
+            outcome,
+            namespace=namespace,
+            name=name,
+            uid=uid,
+            generation=generation,
+            status=status,
+        )
+        grant_span.set(phase=result.status.get("phase"))
     if not result.permitted:
         kopf.warn(
             body,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -70,10 +70,37 @@ class Settings(BaseSettings):
     secrets_api_require_auth: bool = Field(
         default=True,
         validation_alias=AliasChoices("SECRETS_API_REQUIRE_AUTH", "secrets_api_require_auth"),
+        description="Require a token on every /api/secrets/* route (the OpenAPI document aside). "
+        "false: management calls without a token are asked of the PDP as ServiceAccount "
+        "system.anonymous of the operator namespace; grant reads always need a token.",
     )
     secrets_enforce_scopes: bool = Field(
         default=False,
         validation_alias=AliasChoices("SECRETS_ENFORCE_SCOPES", "secrets_enforce_scopes"),
+        description="Require the OAuth scope of each endpoint (secrets.read, secrets.write, ...) "
+        "in a JWT access token of SECRETS_JWT_ISSUER.",
+    )
+    secrets_jwt_issuer: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETS_JWT_ISSUER", "secrets_jwt_issuer"),
+        description="Issuer (iss) of JWT access tokens the Secrets API verifies itself; "
+        "other tokens go to TokenReview.",
+    )
+    secrets_jwks_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETS_JWKS_URL", "secrets_jwks_url"),
+        description="JWK set URL of SECRETS_JWT_ISSUER (cached, refetched on an unknown kid).",
+    )
+    secrets_jwks_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETS_JWKS_FILE", "secrets_jwks_file"),
+        description="JWK set file of SECRETS_JWT_ISSUER (instead of the URL).",
+    )
+    api_client_ca: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETGRANTS_API_CLIENT_CA", "api_client_ca"),
+        description="CA bundle for optional client certificates (mTLS) on the Secrets API; "
+        "a grant read with one binds the grant to it (x5t#S256).",
     )
     api_port: int = Field(
         default=8443,
@@ -280,6 +307,24 @@ class Settings(BaseSettings):
         ),
         description="At most one rollout restart per workload in this many seconds.",
     )
+    # --- traces (the tracing extra) ---
+    tracing: Literal["off", "otlp", "console"] = Field(
+        default="off",
+        validation_alias=AliasChoices("SECRETGRANTS_TRACING", "tracing"),
+        description=(
+            "OpenTelemetry spans: off, otlp (OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT, "
+            "default http://localhost:4318) or console (JSON lines on stdout). "
+            "Needs the tracing extra."
+        ),
+    )
+    tracing_service_name: str = Field(
+        default="secretgrants",
+        min_length=1,
+        validation_alias=AliasChoices(
+            "SECRETGRANTS_TRACING_SERVICE_NAME", "OTEL_SERVICE_NAME", "tracing_service_name"
+        ),
+        description="service.name of the spans.",
+    )
 
     @field_validator("audit_sinks", mode="before")
     @classmethod
@@ -302,8 +347,6 @@ _MORE = {
     "tenant_id": "Tenant id of the env tenant (used when no SecretTenant claims a namespace).",
     "tenant_salt": "Audit salt for resource_ref of tenants without a saltSecretRef (secret).",
     "secrets_audience": "Audience the Secrets API requires in ServiceAccount tokens.",
-    "secrets_api_require_auth": "Require authentication on the Secrets API (always on today).",
-    "secrets_enforce_scopes": "Require OAuth scopes per endpoint (not implemented yet).",
     "vault_url": "Vault (or OpenBao) address for vault+kv2:// URIs.",
     "vault_token": "Token for VAULT_AUTH_METHOD=token (secret).",
     "vault_auth_method": "token, approle or kubernetes.",

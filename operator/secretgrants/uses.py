@@ -138,14 +138,17 @@ def consume(
     *,
     generation: int | None,
     jkt: str | None = None,
+    x5t_s256: str | None = None,
     at: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """The status with one API read counted for good (and the DPoP key bound on first use)."""
+    """The status with one API read counted for good, and the sender bound on first use:
+    the DPoP key (``jkt``) and the mTLS client certificate (``x5tS256``)."""
     at = at or now()
     out = reserve(status, "api", generation=generation, at=at)
     out["reservations"] = list(status.get("reservations") or [])
-    if jkt is not None:
-        binding = dict(out.get("binding") or {})
-        binding.setdefault("jkt", jkt)
-        out["binding"] = binding
+    for member, value in (("jkt", jkt), ("x5tS256", x5t_s256)):
+        if value is not None:
+            binding = dict(out.get("binding") or {})
+            binding.setdefault(member, value)
+            out["binding"] = binding
     return out

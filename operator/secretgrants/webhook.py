@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from secretgrants import tracing
 from secretgrants.admission import (
     ANNOTATION_RESERVATIONS,
     AdmissionDenied,
@@ -355,10 +356,12 @@ class WebhookServer:
         return web.json_response({"ok": True})
 
     async def _mutate(self, request: web.Request) -> web.Response:
-        return await self._review(request, mutate=True)
+        with tracing.span(tracing.SPAN_ADMISSION, operation="mutate"):
+            return await self._review(request, mutate=True)
 
     async def _validate(self, request: web.Request) -> web.Response:
-        return await self._review(request, mutate=False)
+        with tracing.span(tracing.SPAN_ADMISSION, operation="validate"):
+            return await self._review(request, mutate=False)
 
     async def _review(self, request: web.Request, *, mutate: bool) -> web.Response:
         started = time.perf_counter()
@@ -375,19 +378,24 @@ class WebhookServer:
         pod_name = (pod.get("metadata") or {}).get("name") or (pod.get("metadata") or {}).get(
             "generateName", "?"
         )
+        tracing.annotate(grant_namespace=namespace)
         try:
             if mutate:
                 patch = await self.admission.mutate(pod, namespace, dry_run=bool(req.get("dryRun")))
                 body = _review_response(uid, patch=patch)
+                tracing.annotate(allowed=True)
                 log.info("pod %s/%s admitted with its grants", namespace, pod_name)
             else:
                 await self.admission.validate(pod, namespace)
                 body = _review_response(uid)
+                tracing.annotate(allowed=True)
         except AdmissionDenied as denied:
             log.info("pod %s/%s denied: %s", namespace, pod_name, denied.reason)
+            tracing.annotate(allowed=False, reason=denied.reason)
             body = _review_denial(uid, denied)
         except Exception:
             log.exception("admission of pod %s/%s failed", namespace, pod_name)
+            tracing.annotate(allowed=False, reason="InternalError")
             body = _review_denial(
                 uid,
                 AdmissionDenied(

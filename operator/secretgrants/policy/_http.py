@@ -6,7 +6,8 @@ timeout is not retried (the PDP got the request and is slow; asking again
 would add load where it hurts and multiply the caller's wait), nor is any
 HTTP answer (a 4xx or 5xx is the PDP's word). Every failure is raised as
 :class:`~secretgrants.errors.PDPUnavailable`, which the clients turn into a
-fail-closed deny.
+fail-closed deny. When tracing is on, every request carries the current
+span's W3C ``traceparent`` (unless the caller set one).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from secretgrants import tracing
 from secretgrants.errors import PDPUnavailable
 
 __all__ = ["HTTPOptions", "JSONClient"]
@@ -89,6 +91,8 @@ class JSONClient:
         """Send with retries on network errors; return any HTTP answer."""
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         send_headers = {"Accept": "application/json", **(headers or {})}
+        if "traceparent" not in send_headers and (parent := tracing.traceparent()) is not None:
+            send_headers["traceparent"] = parent  # W3C trace context of the current span
         if content is not None:
             send_headers["Content-Type"] = "application/json"
         attempts = self.options.retries + 1

@@ -1,0 +1,188 @@
+"""Sender-bound reads of grants with ``delivery.mode: Api``.
+
+After authentication, the PEP checks, in order: the grant (Api delivery,
+Granted, unexpired), the binding (same ServiceAccount name and UID), the
+sender (DPoP key and client certificate, once bound: :mod:`.binding`),
+replay (a token's ``jti`` without DPoP, the proof's ``jti`` with it, each
+usable once), and uses (counted with a compare-and-swap on the status).
+Only then is the provider read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
+
+from secretgrants import tracing
+from secretgrants.admission import AdmissionDenied
+from secretgrants.api.common import now
+from secretgrants.api.grant import SecretGrantRequestSpec
+from secretgrants.delivery import select_keys
+from secretgrants.dpop import DPoPProof
+from secretgrants.errors import SecretGrantsError
+from secretgrants.metrics import Metrics
+from secretgrants.redaction import register_secret
+from secretgrants.secrets_api.authentication import Caller
+from secretgrants.secrets_api.binding import Sender, check_sender
+from secretgrants.secrets_api.problems import Problem, from_error
+from secretgrants.uri import parse_secret_uri
+from secretgrants.uses import consume
+
+__all__ = ["MAX_CAS_ATTEMPTS", "GrantReader", "GrantStore", "ReplayCache"]
+
+MAX_CAS_ATTEMPTS: Final = 30
+
+
+class GrantStore(Protocol):
+    async def read_grant(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def replace_grant_status(
+        self, namespace: str, obj: dict[str, Any]
+    ) -> dict[str, Any] | None: ...
+
+
+class ReplayCache:
+    """Identifiers used once, remembered until they could no longer be presented."""
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self._seen: dict[str, float] = {}
+        self.max_entries = max_entries
+
+    def first_use(self, key: str, until: float, now_: float | None = None) -> bool:
+        current = time.time() if now_ is None else now_
+        if len(self._seen) >= self.max_entries:
+            self._seen = {k: v for k, v in self._seen.items() if v > current}
+            if len(self._seen) >= self.max_entries:
+                raise Problem(503, "ReplayCacheFull", "too many reads in flight; retry later")
+        expiry = self._seen.get(key)
+        if expiry is not None and expiry > current:
+            return False
+        self._seen[key] = until
+        return True
+
+    def forget(self, key: str) -> None:
+        """Let an identifier be used again (its use was not counted)."""
+        self._seen.pop(key, None)
+
+
+def _parse_expiry(raw: object) -> dt.datetime | None:
+    if not raw:
+        return None
+    return dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+
+
+def check_grant(
+    spec: SecretGrantRequestSpec,
+    status: Mapping[str, Any],
+    name: str,
+    caller: Caller,
+    namespace: str,
+) -> None:
+    """Refuse a grant that is not an Api grant, not Granted, or bound to another account."""
+    if spec.delivery.mode.value != "Api":
+        raise Problem(400, "NotAnApiGrant", f"SecretGrantRequest {name!r} delivers by Volume")
+    phase = status.get("phase")
+    expires = _parse_expiry(status.get("expiresAt"))
+    if phase == "Expired" or (expires is not None and expires <= now()):
+        raise Problem(403, "GrantExpired", f"SecretGrantRequest {name!r} has expired")
+    if phase == "Exhausted":
+        raise Problem(403, "UsesExhausted", f"SecretGrantRequest {name!r} has no uses left")
+    if phase != "Granted":
+        raise Problem(403, "GrantNotGranted", f"SecretGrantRequest {name!r} is {phase}")
+    binding = status.get("binding") or {}
+    if (
+        caller.namespace != namespace
+        or binding.get("serviceAccountName") != caller.service_account
+        or binding.get("serviceAccountUID") != caller.uid
+    ):
+        raise Problem(
+            403,
+            "ServiceAccountMismatch",
+            f"SecretGrantRequest {name!r} is bound to another ServiceAccount",
+        )
+
+
+class GrantReader:
+    """Reads one grant for one authenticated caller, or raises a :class:`Problem`."""
+
+    def __init__(self, store: GrantStore, providers: Any, metrics: Metrics) -> None:
+        self.store = store
+        self.providers = providers
+        self.metrics = metrics
+        self.replays = ReplayCache()
+
+    async def read(
+        self,
+        caller: Caller,
+        namespace: str,
+        name: str,
+        *,
+        proof: DPoPProof | None,
+        certificate: str | None,
+    ) -> dict[str, Any]:
+        for _attempt in range(MAX_CAS_ATTEMPTS):
+            grant = await self.store.read_grant(namespace, name)
+            if grant is None:
+                raise Problem(404, "GrantNotFound", f"SecretGrantRequest {name!r} does not exist")
+            status = grant.get("status") or {}
+            spec = SecretGrantRequestSpec.model_validate(grant.get("spec") or {})
+            check_grant(spec, status, name, caller, namespace)
+            sender = Sender(jkt=proof.jkt if proof else None, x5t_s256=certificate)
+            new = check_sender(status.get("binding") or {}, sender)
+            replay_key = self._replay_key(caller, namespace, name, proof)
+            expires = _parse_expiry(status.get("expiresAt"))
+            until = expires.timestamp() if expires else time.time() + 3600
+            if not self.replays.first_use(replay_key, until):
+                raise Problem(403, "Replay", "this token or proof was already used")
+            try:
+                updated = consume(
+                    status,
+                    generation=(grant.get("metadata") or {}).get("generation"),
+                    jkt=new.jkt,
+                    x5t_s256=new.x5t_s256,
+                )
+            except AdmissionDenied as denied:
+                raise Problem(403, denied.reason, denied.message) from None
+            written = await self.store.replace_grant_status(namespace, {**grant, "status": updated})
+            if written is not None:
+                break
+            self.replays.forget(replay_key)  # the use was not counted: let it retry
+            await asyncio.sleep(0.005)
+        else:
+            raise Problem(409, "Conflict", "too many concurrent reads of this grant; retry")
+        self.metrics.uses.inc()
+        values, version = await self._values(spec)
+        return {
+            "data": values,
+            "version": version,
+            "expiresAt": status.get("expiresAt"),
+            "usesRemaining": updated.get("usesRemaining"),
+        }
+
+    @staticmethod
+    def _replay_key(caller: Caller, namespace: str, name: str, proof: DPoPProof | None) -> str:
+        if proof is not None:
+            return f"{namespace}/{name}/dpop/{proof.jti}"
+        jti = caller.claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise Problem(
+                401, "TokenWithoutJTI", "without DPoP, each read needs a fresh token with a jti"
+            )
+        return f"{namespace}/{name}/token/{jti}"
+
+    async def _values(self, spec: SecretGrantRequestSpec) -> tuple[dict[str, str], int | None]:
+        uri = parse_secret_uri(spec.secret_uri)
+        try:
+            provider = self.providers.provider_for(uri)
+            with tracing.span(tracing.SPAN_PROVIDER, provider=uri.scheme, operation="read"):
+                data = await provider.read(uri.without_fragment(), spec.version)
+            values = select_keys(data.data, spec, uri.fragment)
+        except SecretGrantsError as err:
+            self.metrics.errors.labels(err.reason.value).inc()
+            raise from_error(err) from None
+        for value in values.values():
+            register_secret(value)
+        return values, data.version

@@ -28,9 +28,12 @@ from secretgrants.tenancy import Tenant, TenantSource, guard, resolve_tenant
 from secretgrants.uri import SecretURI, parse_secret_uri
 
 __all__ = [
+    "LIVE_PHASES",
     "VOLUME_PURPOSES",
     "GuardOutcome",
+    "Target",
     "check_request",
+    "check_target",
     "failure_status",
     "guard_passed_status",
     "parse_conditions",
@@ -54,6 +57,24 @@ _FAILURE_PHASE: Mapping[Reason, Phase] = {
 }
 
 
+# A grant whose delivery Secret holds data: Granted, or Exhausted (pods keep the value).
+LIVE_PHASES = frozenset({Phase.GRANTED.value, Phase.EXHAUSTED.value})
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the tenant guard looks at in a spec (kept per live grant for the guard sweep)."""
+
+    secret_uri: str
+    purpose: Purpose
+    version: int | None
+    mode: DeliveryMode
+
+    @classmethod
+    def of(cls, spec: SecretGrantRequestSpec) -> Target:
+        return cls(spec.secret_uri, spec.purpose, spec.version, spec.delivery.mode)
+
+
 @dataclass(frozen=True)
 class GuardOutcome:
     """A request that passed the tenant guard: its parsed URI and its tenant."""
@@ -74,18 +95,29 @@ def check_request(
     Raises InvalidSecretURI, UnsupportedOperation, TenantNotFound,
     TenantConflict or MountNotAllowed (all with a reason and a message).
     """
-    uri = parse_secret_uri(spec.secret_uri)
-    uri.check_purpose(spec.purpose)
-    if spec.version is not None and uri.engine != "kv2":
+    return check_target(Target.of(spec), namespace, namespace_labels, tenants, fallback)
+
+
+def check_target(
+    target: Target,
+    namespace: str,
+    namespace_labels: Mapping[str, str],
+    tenants: Iterable[TenantSource],
+    fallback: Tenant | None,
+) -> GuardOutcome:
+    """``check_request`` on the few fields the guard reads (raises the same errors)."""
+    uri = parse_secret_uri(target.secret_uri)
+    uri.check_purpose(target.purpose)
+    if target.version is not None and uri.engine != "kv2":
         raise UnsupportedOperation(f"provider {uri.scheme!r} has no versions to pin")
-    if spec.delivery.mode is DeliveryMode.VOLUME and spec.purpose not in VOLUME_PURPOSES:
+    if target.mode is DeliveryMode.VOLUME and target.purpose not in VOLUME_PURPOSES:
         raise UnsupportedOperation(
-            f"purpose {spec.purpose.value!r} cannot be carried out by Volume delivery "
+            f"purpose {target.purpose.value!r} cannot be carried out by Volume delivery "
             "(it delivers values to pods: use purpose 'read')"
         )
-    if spec.delivery.mode is DeliveryMode.API and spec.purpose is not Purpose.READ:
+    if target.mode is DeliveryMode.API and target.purpose is not Purpose.READ:
         raise UnsupportedOperation(
-            f"purpose {spec.purpose.value!r} through the Secrets API is not served by this "
+            f"purpose {target.purpose.value!r} through the Secrets API is not served by this "
             "version of the operator; Api delivery carries out 'read'"
         )
     tenant = resolve_tenant(namespace, namespace_labels, tenants, fallback)
@@ -393,6 +425,58 @@ def expires_at(status: Mapping[str, Any] | None) -> dt.datetime | None:
     if not raw:
         return None
     return dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+
+
+def renewal_due(
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    *,
+    now: dt.datetime,
+    given_up_for: str | None = None,
+) -> bool:
+    """True when a live grant should ask the PDP again now: renewal is on, and either
+    its expiry is within ``beforeExpirySeconds`` or its uses ran out. ``given_up_for`` is
+    the ``expiresAt`` for which a renewal was already refused (not asked again)."""
+    renew_at = _renew_at(spec, status, now=now)
+    if renew_at is None or given_up_for == status.get("expiresAt"):
+        return False
+    return renew_at <= now
+
+
+def next_deadline(
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    *,
+    now: dt.datetime,
+    given_up_for: str | None = None,
+) -> dt.datetime | None:
+    """When a grant next needs the operator: the earlier of its renewal and its expiry.
+
+    None for a grant that is not live or has no expiry. The tenant guard and the
+    binding are re-checked by the scheduler's periodic sweep, not per grant.
+    """
+    if status.get("phase") not in LIVE_PHASES:
+        return None
+    at = expires_at(status)
+    if at is None:
+        return None
+    renew_at = _renew_at(spec, status, now=now)
+    if renew_at is not None and given_up_for != status.get("expiresAt"):
+        return min(at, renew_at)
+    return at
+
+
+def _renew_at(
+    spec: Mapping[str, Any], status: Mapping[str, Any], *, now: dt.datetime
+) -> dt.datetime | None:
+    """When renewal is due (an exhausted grant: now), or None without renewal or expiry."""
+    renewal = spec.get("renewal") or {}
+    at = expires_at(status)
+    if not renewal.get("enabled") or at is None:
+        return None
+    if status.get("phase") == Phase.EXHAUSTED.value:
+        return now
+    return at - dt.timedelta(seconds=int(renewal.get("beforeExpirySeconds", 30)))
 
 
 def access_request(

@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -21,26 +20,20 @@ import kopf
 from secretgrants import tracing
 from secretgrants.admission import LABEL_INJECT, reservation_ids
 from secretgrants.api.common import GROUP, VERSION, ConditionStatus, now, set_condition
-from secretgrants.api.grant import DeliveryMode, SecretGrantRequestSpec, WorkloadRef
+from secretgrants.api.grant import DeliveryMode, SecretGrantRequestSpec
 from secretgrants.audit import Auditor, EventType, MemorySink, resource_ref
 from secretgrants.audit import Effect as AuditEffect
 from secretgrants.audit_kafka import KafkaSink, aiokafka_producer
 from secretgrants.audit_sinks import KubeEventSink, StdoutSink
-from secretgrants.delivery import (
-    ANNOTATION_STATE,
-    delivery_secret,
-    delivery_secret_name,
-    select_keys,
-)
+from secretgrants.delivery import ANNOTATION_STATE, delivery_secret, select_keys
 from secretgrants.diagnostics import DiagnosticsServer
 from secretgrants.errors import SecretGrantsError
 from secretgrants.grants import (
+    LIVE_PHASES,
     GuardOutcome,
     access_request,
     check_request,
     decided_status,
-    expired_status,
-    expires_at,
     failure_status,
     granted_status,
     guard_passed_status,
@@ -49,12 +42,14 @@ from secretgrants.grants import (
     settled,
 )
 from secretgrants.kube import IO_THREADS, KubeClient
+from secretgrants.lifecycle import Outcome, Tending, end_grant, secret_of
+from secretgrants.lifecycle import subject as _subject
 from secretgrants.metrics import Metrics, serve
 from secretgrants.policy import Decision, Effect, PolicyDecisionPoint, apply_obligations, build_pdp
 from secretgrants.providers import ProviderRegistry
 from secretgrants.reasons import ConditionType, Phase, Reason
 from secretgrants.redaction import register_secret
-from secretgrants.restarts import RestartLimiter, restart_patch
+from secretgrants.restarts import RestartLimiter
 from secretgrants.salts import SaltResolver
 from secretgrants.secrets_api import IndexTenants, SecretsAPI, settings_options
 from secretgrants.settings import Settings
@@ -179,6 +174,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
             **settings_options(cfg),
         )
         await memo.secrets_api.start(cfg.webhook_address, cfg.api_port, memo.cert)
+    # One scheduler for every live grant's renewal and expiry (fed by ``schedule_grant``).
+    memo.tending = Tending(
+        memo, kwargs, _authorize_and_deliver, recheck_interval=cfg.recheck_interval_seconds
+    )
+    memo.tending.scheduler.start()
 
 
 async def _start_webhook(memo: kopf.Memo, cfg: Settings) -> None:
@@ -214,6 +214,8 @@ async def _start_webhook(memo: kopf.Memo, cfg: Settings) -> None:
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     # The webhook configurations stay: while the operator is away, pods that ask for
     # grants are refused (failurePolicy Fail), never admitted unchecked.
+    if memo.get("tending") is not None:
+        await memo.tending.scheduler.stop()
     if memo.get("webhook") is not None:
         await memo.webhook.stop()
     if memo.get("diagnostics") is not None:
@@ -355,17 +357,8 @@ async def _withdraw_delivery(
     """A changed spec that is no longer permitted takes the delivered value back at once."""
     if status.get("phase") in LIVE_PHASES:
         await memo.kube.blank_secret(
-            namespace, _secret_of(name, status), {ANNOTATION_STATE: "withdrawn"}
+            namespace, secret_of(name, status), {ANNOTATION_STATE: "withdrawn"}
         )
-
-
-@dataclass
-class Outcome:
-    """What one authorize-and-deliver pass wants written, and whether to try again."""
-
-    status: dict[str, Any]
-    retry_reason: str | None = None
-    permitted: bool = False
 
 
 async def _authorize_and_deliver(
@@ -508,12 +501,6 @@ async def _authorize_and_deliver(
     return Outcome(granted, permitted=True)
 
 
-def _subject(namespace: str, service_account: object) -> str | None:
-    if not service_account:
-        return None
-    return f"system:serviceaccount:{namespace}:{service_account}"
-
-
 async def _audit(
     memo: kopf.Memo, type_: EventType, effect: AuditEffect, reason: str, **fields: Any
 ) -> None:
@@ -553,66 +540,12 @@ async def _decide(
     return await pdp.evaluate(request)
 
 
-LIVE_PHASES = frozenset({Phase.GRANTED.value, Phase.EXHAUSTED.value})
 SETTLE_INTERVAL_SECONDS = 2.0
 
 
 def _is_live(status: kopf.Status, **_: Any) -> bool:
     """A grant whose delivery Secret holds data: Granted, or Exhausted (pods keep the value)."""
     return status.get("phase") in LIVE_PHASES
-
-
-def _secret_of(name: str, status: dict[str, Any]) -> str:
-    return (status.get("delivery") or {}).get("secretName") or delivery_secret_name(name)
-
-
-async def _end_grant(
-    memo: kopf.Memo,
-    namespace: str,
-    name: str,
-    status: dict[str, Any],
-    ending: dict[str, Any],
-    cause: str,
-) -> None:
-    """Blank the delivery Secret first (kubelets keep a deleted Secret's last content), then
-    write the ending status."""
-    state = str(ending["phase"]).lower()
-    await memo.kube.blank_secret(namespace, _secret_of(name, status), {ANNOTATION_STATE: state})
-    await memo.kube.patch_grant_status(namespace, name, ending)
-    log.info("grant %s/%s is %s; its delivery Secret was emptied", namespace, name, state)
-    metrics: Metrics = memo.metrics
-    expired = ending["phase"] == Phase.EXPIRED.value
-    if expired:
-        metrics.expirations.inc()
-    else:
-        metrics.revocations.labels(cause).inc()
-    binding = status.get("binding") or {}
-    await _audit(
-        memo,
-        EventType.EXPIRED if expired else EventType.REVOKED,
-        AuditEffect.DENY,
-        cause,
-        grant_namespace=namespace,
-        grant_name=name,
-        tenant=status.get("tenant"),
-        resource_ref=status.get("resourceRef"),
-        subject=_subject(namespace, binding.get("serviceAccountName")),
-        decision_id=(status.get("decision") or {}).get("id"),
-    )
-
-
-def _binding_broken(namespace: str, status: dict[str, Any], indexes: dict[str, Any]) -> str | None:
-    """Why the bound ServiceAccount no longer holds the grant, or None (from the SA index)."""
-    binding = status.get("binding") or {}
-    sa_name = binding.get("serviceAccountName")
-    if not sa_name:
-        return None
-    current = next(iter(indexes["service_accounts"].get((namespace, sa_name), [])), None)
-    if current is None:
-        return f"ServiceAccount {sa_name!r} was deleted; the grant is revoked"
-    if current != binding.get("serviceAccountUID"):
-        return f"ServiceAccount {sa_name!r} was recreated (its UID changed); the grant is revoked"
-    return None
 
 
 async def _settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
@@ -653,184 +586,18 @@ async def _settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
             return
 
 
-async def _renew(
-    memo: kopf.Memo,
-    body: kopf.Body,
-    namespace: str,
-    name: str,
-    uid: str,
-    indexes: dict[str, Any],
-) -> bool:
-    """Ask the PDP again and deliver the current value; True when the grant was renewed."""
-    status = dict(body.get("status") or {})
-    generation = (body.get("metadata") or {}).get("generation")
-    labels: dict[str, str] = next(iter(indexes["namespace_labels"].get(namespace, [])), {})
-    try:
-        parsed = SecretGrantRequestSpec.model_validate(dict(body.get("spec") or {}))
-        outcome = check_request(
-            parsed, namespace, labels, list(indexes["tenant_sources"].get("all", [])), memo.fallback
-        )
-    except SecretGrantsError as err:
-        kopf.warn(body, reason="RenewalRefused", message=err.message)
-        return False
-    with tracing.span(
-        tracing.SPAN_GRANT,
-        grant_namespace=namespace,
-        grant_name=name,
-        trigger="renew",
-        purpose=parsed.purpose.value,
-        tenant=outcome.tenant.tenant_id,
-    ) as grant_span:
-        result = await _authorize_and_deliver(
-            memo,
-            parsed,
-            outcome,
-            namespace=namespace,
-            name=name,
-            uid=uid,
-            generation=generation,
-            status=status,
-        )
-        grant_span.set(phase=result.status.get("phase"))
-    if not result.permitted:
-        kopf.warn(
-            body,
-            reason="RenewalDenied",
-            message="renewal was not permitted; the grant expires at its expiresAt",
-        )
-        return False
-    await memo.kube.patch_grant_status(namespace, name, result.status)
-    kopf.info(body, reason="Renewed", message="the PDP permitted a renewal; value re-delivered")
-    log.info("grant %s/%s renewed", namespace, name)
-    memo.metrics.renewals.inc()
-    await _audit(
-        memo,
-        EventType.RENEWED,
-        AuditEffect.PERMIT,
-        "Renewed",
-        grant_namespace=namespace,
-        grant_name=name,
-        grant_uid=uid,
-        tenant=result.status.get("tenant"),
-        resource_ref=result.status.get("resourceRef"),
-        decision_id=(result.status.get("decision") or {}).get("id"),
-    )
-    if parsed.renewal and parsed.renewal.restart_workloads:
-        await _restart_workloads(memo, body, namespace, parsed.renewal.restart_workloads)
-    return True
-
-
-async def _restart_workloads(
-    memo: kopf.Memo, body: kopf.Body, namespace: str, workloads: list[WorkloadRef]
-) -> None:
-    """Roll the named workloads so their pods mount the new value (rate-limited)."""
-    limiter: RestartLimiter = memo.restarts
-    for ref in workloads:
-        if not limiter.allow(namespace, ref.kind, ref.name):
-            kopf.warn(
-                body,
-                reason="RestartSkipped",
-                message=f"{ref.kind} {ref.name} was restarted recently; not again yet",
-            )
-            continue
-        found = await memo.kube.patch_workload(namespace, ref.kind, ref.name, restart_patch(now()))
-        if found:
-            kopf.info(body, reason="Restarted", message=f"rollout restart of {ref.kind} {ref.name}")
-        else:
-            kopf.warn(body, reason="RestartFailed", message=f"{ref.kind} {ref.name} not found")
-
-
-def _guard_error(
-    memo: kopf.Memo, body: kopf.Body, namespace: str, indexes: dict[str, Any]
-) -> str | None:
-    """The tenant guard again, from the in-memory indexes (no API call): why it fails, or None."""
-    labels: dict[str, str] = next(iter(indexes["namespace_labels"].get(namespace, [])), {})
-    try:
-        parsed = SecretGrantRequestSpec.model_validate(dict(body.get("spec") or {}))
-        check_request(
-            parsed, namespace, labels, list(indexes["tenant_sources"].get("all", [])), memo.fallback
-        )
-    except SecretGrantsError as err:
-        return err.message
-    return None
-
-
-@kopf.daemon(*GRANTS, when=_is_live, cancellation_timeout=5.0)
-async def tend_grant(
+@kopf.on.event(*GRANTS)
+def schedule_grant(
+    type: str | None,
     name: str | None,
     namespace: str | None,
-    uid: str | None,
-    body: kopf.Body,
-    stopped: kopf.DaemonStopped,
+    spec: kopf.Spec,
+    status: kopf.Status,
     memo: kopf.Memo,
-    **kwargs: Any,
+    **_: Any,
 ) -> None:
-    """One per live grant: binding check, use settling, renewal, and expiry at expiresAt.
-
-    kopf starts daemons when the operator starts, so a grant whose ServiceAccount
-    changed or whose TTL ran out while the operator was away is handled at once.
-    """
-    namespace, name = namespace or "", name or ""
-    status = dict(body.get("status") or {})
-    broken = _binding_broken(namespace, status, kwargs)
-    if broken:
-        generation = (body.get("metadata") or {}).get("generation")
-        await _end_grant(
-            memo,
-            namespace,
-            name,
-            status,
-            revoked_status(broken, generation=generation, status=status),
-            "ServiceAccountChanged",
-        )
-        return
-    renewal_given_up_for: str | None = None
-    while not stopped:
-        status = dict(body.get("status") or {})
-        if status.get("phase") not in LIVE_PHASES:
-            return
-        generation = (body.get("metadata") or {}).get("generation")
-        guard_error = _guard_error(memo, body, namespace, kwargs)
-        if guard_error is not None:  # a SecretTenant changed under a live grant
-            await _end_grant(
-                memo,
-                namespace,
-                name,
-                status,
-                revoked_status(
-                    f"the tenant guard no longer allows this grant: {guard_error}",
-                    generation=generation,
-                    status=status,
-                ),
-                "TenantGuard",
-            )
-            return
-        at = expires_at(status)
-        if at is not None and at <= now():
-            await _end_grant(
-                memo,
-                namespace,
-                name,
-                status,
-                expired_status(generation=generation, status=status),
-                "Expired",
-            )
-            return
-        renewal = (body.get("spec") or {}).get("renewal") or {}
-        renew_at = None
-        if renewal.get("enabled") and at is not None:
-            renew_at = at - dt.timedelta(seconds=int(renewal.get("beforeExpirySeconds", 30)))
-            due = renew_at <= now() or status.get("phase") == Phase.EXHAUSTED.value
-            if due and renewal_given_up_for != status.get("expiresAt"):
-                if await _renew(memo, body, namespace, name, uid or "", kwargs):
-                    await stopped.wait(1.0)  # let the watch bring the renewed status
-                    continue
-                renewal_given_up_for = status.get("expiresAt")
-        wait = memo.config.recheck_interval_seconds
-        deadlines = [d for d in (at, renew_at) if d is not None and d > now()]
-        if deadlines:
-            wait = min(wait, max(0.05, (min(deadlines) - now()).total_seconds()))
-        await stopped.wait(wait)
+    """Live grants' next deadlines (renewal, expiry) from the watch, for the one scheduler."""
+    memo.tending.observe(type, namespace or "", name or "", spec, status)
 
 
 def _has_reservations(status: kopf.Status, **_: Any) -> bool:
@@ -850,7 +617,7 @@ async def revoke_on_delete(
     """A deleted live grant is revoked first: its Secret is blanked before GC removes it."""
     namespace, name = namespace or "", name or ""
     await memo.kube.blank_secret(
-        namespace, _secret_of(name, dict(status)), {ANNOTATION_STATE: "revoked"}
+        namespace, secret_of(name, dict(status)), {ANNOTATION_STATE: "revoked"}
     )
     log.info("grant %s/%s deleted; its delivery Secret was emptied", namespace, name)
 
@@ -870,7 +637,7 @@ async def service_account_gone(
             continue
         generation = (grant.get("metadata") or {}).get("generation")
         message = f"ServiceAccount {name!r} was deleted; the grant is revoked"
-        await _end_grant(
+        await end_grant(
             memo,
             namespace,
             grant["metadata"]["name"],

@@ -587,7 +587,7 @@ async def _settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
 
 
 @kopf.on.event(*GRANTS)
-def schedule_grant(
+async def schedule_grant(  # async: on the loop, with the scheduler (a sync one runs in a thread)
     type: str | None,
     name: str | None,
     namespace: str | None,

@@ -10,9 +10,13 @@ PDP), then prints:
 * pod admission latency p50/p99 (client-side create round trip, which
   includes the mutating and validating webhook calls), for pods created one
   by one and 20 at a time, and the webhook's own mean from its metrics;
-* operator RSS (VmRSS) with N live grants.
+* operator RSS (VmRSS) with N live grants;
+* with ``--expire N``: N more grants with a short TTL, applied at once while the
+  others live; how late each is seen Expired after its expiresAt (p50/p99), and
+  that every one of their delivery Secrets was emptied.
 
     .venv/bin/python bench/grants.py [--sizes 1,100,1000] [--rss 1000,5000] [--pods 200]
+                                     [--expire 0]
 
 Targets (issue 6): p50 <= 50 ms and p99 <= 250 ms at 100 concurrent; >= 50
 grants/s; admission p99 <= 20 ms; RSS <= 150 MB at 5,000 grants.
@@ -21,6 +25,7 @@ grants/s; admission p99 <= 20 ms; RSS <= 150 MB at 5,000 grants.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -74,6 +79,8 @@ class GrantedWatch:
     def __init__(self, api: Any) -> None:
         self.custom = kubernetes.client.CustomObjectsApi(api)
         self.granted: dict[str, float] = {}
+        self.expired: dict[str, float] = {}  # wall clock, against the grant's expiresAt
+        self.expires_at: dict[str, str] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -92,9 +99,14 @@ class GrantedWatch:
                     timeout_seconds=30,
                 ):
                     obj = event["object"]
-                    if (obj.get("status") or {}).get("phase") == "Granted":
+                    status, name = obj.get("status") or {}, obj["metadata"]["name"]
+                    if status.get("phase") == "Granted":
                         with self.lock:
-                            self.granted.setdefault(obj["metadata"]["name"], time.monotonic())
+                            self.granted.setdefault(name, time.monotonic())
+                            self.expires_at[name] = status.get("expiresAt") or ""
+                    elif status.get("phase") == "Expired":
+                        with self.lock:
+                            self.expired.setdefault(name, time.time())
                     if self.stop.is_set():
                         break
             except Exception:  # noqa: S112  (a watch hiccup: start again)
@@ -111,22 +123,27 @@ class GrantedWatch:
         raise TimeoutError(f"{len(missing)} grants not Granted in {timeout}s (e.g. {missing[:3]})")
 
 
-def grant_body(name: str) -> dict[str, Any]:
+def grant_body(name: str, ttl: int | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"secretUri": URI, "serviceAccountName": "app"}
+    if ttl:
+        spec["ttlSeconds"] = ttl
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "SecretGrantRequest",
         "metadata": {"name": name},
-        "spec": {"secretUri": URI, "serviceAccountName": "app"},
+        "spec": spec,
     }
 
 
-def create_batch(custom: Any, watch: GrantedWatch, size: int, prefix: str) -> dict[str, float]:
+def create_batch(
+    custom: Any, watch: GrantedWatch, size: int, prefix: str, ttl: int | None = None
+) -> dict[str, float]:
     names = [f"{prefix}-{i}" for i in range(size)]
     started: dict[str, float] = {}
 
     def create(name: str) -> None:
         started[name] = time.monotonic()
-        custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, grant_body(name))
+        custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, grant_body(name, ttl))
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=32) as pool:
@@ -181,11 +198,44 @@ def admission(
     return latencies
 
 
+def expiry(core: Any, custom: Any, watch: GrantedWatch, size: int, live: int) -> None:
+    """``size`` grants with a short TTL: how late each is seen Expired, and blanked."""
+    ttl = max(20, size // 25)  # long enough that all are Granted before the first expires
+    create_batch(custom, watch, size, "exp", ttl=ttl)
+    names = [f"exp-{i}" for i in range(size)]
+    with watch.lock:
+        due = {
+            n: dt.datetime.fromisoformat(watch.expires_at[n].replace("Z", "+00:00")) for n in names
+        }
+    deadline = time.monotonic() + ttl + 120
+    while time.monotonic() < deadline:
+        with watch.lock:
+            if all(n in watch.expired for n in names):
+                break
+        time.sleep(0.2)
+    with watch.lock:
+        late = [watch.expired[n] - due[n].timestamp() for n in names if n in watch.expired]
+    secrets = [
+        s
+        for s in core.list_namespaced_secret(NS, label_selector="secretgrants.io/grant").items
+        if (s.metadata.labels or {}).get("secretgrants.io/grant", "").startswith("exp-")
+    ]
+    holding = [s.metadata.name for s in secrets if s.data]
+    print(f"\nexpiry: {size} grants (ttlSeconds {ttl}) applied at once, {live} others live")
+    print("  seen Expired after expiresAt (expiresAt is whole seconds)   p50        p99")
+    if late:
+        print(
+            f"  {len(late):5d} of {size} expired                              {ms(pct(late, 0.5))} {ms(pct(late, 0.99))}"
+        )
+    print(f"  delivery Secrets of these grants: {len(secrets)}, still holding data: {len(holding)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,100,1000")
     parser.add_argument("--rss", default="1000,5000")
     parser.add_argument("--pods", type=int, default=200)
+    parser.add_argument("--expire", type=int, default=0)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     rss_points = [int(s) for s in args.rss.split(",") if s]
@@ -305,6 +355,8 @@ def main() -> int:
             time.sleep(2)
             print(f"  {point:5d} grants: {rss_mb(operator.pid):6.0f} MB")
         print("  target: <= 150 MB at 5,000 grants")
+        if args.expire:
+            expiry(core, custom, watch, args.expire, live)
         watch.stop.set()
         return 0
     finally:

@@ -40,7 +40,7 @@ from secretgrants.admission import (
 from secretgrants.api.common import now
 from secretgrants.audit import Auditor, EventType
 from secretgrants.audit import Effect as AuditEffect
-from secretgrants.delivery import delivery_secret_name
+from secretgrants.delivery import DELIVERY_PREFIX, delivery_secret_name
 from secretgrants.metrics import Metrics
 from secretgrants.pki import new_ca
 from secretgrants.uses import release, reserve
@@ -259,7 +259,7 @@ class PodAdmission:
         Delivery Secrets are found through the grants' status (the operator has no
         right to read Secrets back), and only for pods that use an ``sg-`` Secret.
         """
-        candidates = {n for n in direct_secret_mounts(pod) if n.startswith("sg-")}
+        candidates = {n for n in direct_secret_mounts(pod) if n.startswith(DELIVERY_PREFIX)}
         if not candidates:
             return
         service_account = pod_service_account(pod)

@@ -38,7 +38,7 @@ from tests.conftest import (
     stop_operator,
     webhook_config_name,
 )
-from tests.e2e.kube import eventually, get
+from tests.e2e.kube import eventually
 
 EXAMPLES = REPO / "examples"
 WALKTHROUGH = REPO / "docs" / "walkthrough.md"
@@ -338,7 +338,42 @@ def test_the_walkthrough_runs_as_written(
 # --- operations.md: what users see when the operator is down ---------------------------
 
 
-def test_operator_down_refuses_every_pod_in_covered_namespaces(
+def _pod(name: str, spec: dict[str, Any]) -> str:
+    container = {"name": "app", "image": "registry.invalid/app:1"}
+    containers = spec.pop("containers", [container])
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {"containers": containers, **spec},
+        }
+    )
+
+
+_SG = "sg-db-1234abcd"  # named like a delivery Secret; it need not exist for admission
+_C = {"name": "app", "image": "registry.invalid/app:1"}
+# Every place a pod can use a Secret (admission.direct_secret_mounts): each must still
+# reach the validating webhook through its matchConditions, and so be refused while the
+# operator is down.
+_USES_DELIVERY_SECRET = {
+    "secret-volume": {"volumes": [{"name": "v", "secret": {"secretName": _SG}}]},
+    "projected-volume": {
+        "volumes": [{"name": "v", "projected": {"sources": [{"secret": {"name": _SG}}]}}]
+    },
+    "env": {
+        "containers": [
+            {**_C, "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": _SG, "key": "k"}}}]}
+        ]
+    },
+    "env-from": {"containers": [{**_C, "envFrom": [{"secretRef": {"name": _SG}}]}]},
+    "init-container-env": {
+        "initContainers": [{**_C, "name": "init", "envFrom": [{"secretRef": {"name": _SG}}]}]
+    },
+}
+
+
+def test_operator_down_refuses_only_pods_that_use_a_delivery_secret(
     cluster: Cluster, namespace: str, start_operator_for: Callable[..., OperatorProcess]
 ) -> None:
     expected = next(
@@ -346,15 +381,16 @@ def test_operator_down_refuses_every_pod_in_covered_namespaces(
     )
     op = start_operator_for()
     stop_operator(op)
-    plain = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "plain"},
-        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
-    }
-    proc = cluster.kubectl(
-        "create", "-n", namespace, "-f", "-", input=json.dumps(plain), check=False
-    )
-    assert proc.returncode != 0
-    assert matches(expected, proc.stderr, excerpt=False), proc.stderr
-    assert get(cluster, "namespace", namespace)  # the namespace itself is fine
+    # Pods that use no delivery Secret never call the operator (matchConditions).
+    for name, spec in {
+        "plain": {},
+        "other-secret": {"volumes": [{"name": "v", "secret": {"secretName": "app-config"}}]},
+    }.items():
+        proc = cluster.kubectl("create", "-n", namespace, "-f", "-", input=_pod(name, spec))
+        assert proc.returncode == 0
+    for name, spec in _USES_DELIVERY_SECRET.items():
+        proc = cluster.kubectl(
+            "create", "-n", namespace, "-f", "-", input=_pod(name, dict(spec)), check=False
+        )
+        assert proc.returncode != 0, f"{name}: created without the webhook"
+        assert matches(expected, proc.stderr, excerpt=False), (name, proc.stderr)

@@ -344,7 +344,7 @@ class Settings(BaseSettings):
 
 
 _MORE = {
-    "tenant_id": "Tenant id of the env tenant (used when no SecretTenant claims a namespace).",
+    "tenant_id": "Tenant id of the env tenant, which covers every namespace while no SecretTenant exists (once one exists, namespaces it does not claim get TenantNotFound).",
     "tenant_salt": "Audit salt for resource_ref of tenants without a saltSecretRef (secret).",
     "secrets_audience": "Audience the Secrets API requires in ServiceAccount tokens.",
     "vault_url": "Vault (or OpenBao) address for vault+kv2:// URIs.",

@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,14 @@ from secretgrants import tracing
 from secretgrants.admission import LABEL_INJECT, reservation_ids
 from secretgrants.api.common import GROUP, VERSION, ConditionStatus, now, set_condition
 from secretgrants.api.grant import DeliveryMode, SecretGrantRequestSpec, WorkloadRef
-from secretgrants.audit import Auditor, EventType, MemorySink, resource_ref
+from secretgrants.audit import (
+    Auditor,
+    EventType,
+    MemorySink,
+    correlated_handler,
+    current_correlation_id,
+    resource_ref,
+)
 from secretgrants.audit import Effect as AuditEffect
 from secretgrants.audit_kafka import KafkaSink, aiokafka_producer
 from secretgrants.audit_sinks import KubeEventSink, StdoutSink
@@ -280,6 +288,7 @@ def tenant_sources(name: str, spec: kopf.Spec, **_: Any) -> dict[str, TenantSour
 @kopf.on.resume(*GRANTS)
 @kopf.on.create(*GRANTS)
 @kopf.on.update(*GRANTS, field="spec")
+@correlated_handler
 async def reconcile_grant(
     spec: kopf.Spec,
     meta: kopf.Meta,
@@ -437,7 +446,6 @@ async def _authorize_and_deliver(
                 effect,
                 reason,
                 decision_id=final.decision_id,
-                correlation_id=final.decision_id,
                 pdp=final.pdp_kind,
                 **context,
             )
@@ -547,7 +555,7 @@ async def _decide(
         owner=meta.owner,
         created_by=meta.created_by,
         created_at=meta.created_at,
-        correlation_id=str(uuid.uuid4()),
+        correlation_id=current_correlation_id() or str(uuid.uuid4()),
         traceparent=tracing.traceparent(),  # the PDP span: sent as header and in the context
     )
     return await pdp.evaluate(request)
@@ -573,32 +581,55 @@ async def _end_grant(
     status: dict[str, Any],
     ending: dict[str, Any],
     cause: str,
+    spec: Mapping[str, Any] | None = None,
 ) -> None:
     """Blank the delivery Secret first (kubelets keep a deleted Secret's last content), then
-    write the ending status."""
-    state = str(ending["phase"]).lower()
-    await memo.kube.blank_secret(namespace, _secret_of(name, status), {ANNOTATION_STATE: state})
-    await memo.kube.patch_grant_status(namespace, name, ending)
-    log.info("grant %s/%s is %s; its delivery Secret was emptied", namespace, name, state)
-    metrics: Metrics = memo.metrics
-    expired = ending["phase"] == Phase.EXPIRED.value
-    if expired:
-        metrics.expirations.inc()
-    else:
-        metrics.revocations.labels(cause).inc()
+    record the ending, then write the ending status.
+
+    The status write comes last because it ends the grant's daemon: kopf cancels a
+    daemon as soon as the watch shows its grant is no longer live, so anything after
+    that write may never run. A re-run after a failed write records the ending again.
+    """
+    trigger = "expire" if ending["phase"] == Phase.EXPIRED.value else "revoke"
+    with tracing.span(
+        tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger=trigger
+    ):
+        state = str(ending["phase"]).lower()
+        await memo.kube.blank_secret(namespace, _secret_of(name, status), {ANNOTATION_STATE: state})
+        metrics: Metrics = memo.metrics
+        expired = ending["phase"] == Phase.EXPIRED.value
+        if expired:
+            metrics.expirations.inc()
+        else:
+            metrics.revocations.labels(cause).inc()
+        await _audit(
+            memo,
+            EventType.EXPIRED if expired else EventType.REVOKED,
+            AuditEffect.DENY,
+            cause,
+            **_about(namespace, name, status, spec),
+        )
+        log.info("grant %s/%s is %s; its delivery Secret was emptied", namespace, name, state)
+        await memo.kube.patch_grant_status(namespace, name, ending)
+
+
+def _about(
+    namespace: str, name: str, status: Mapping[str, Any], spec: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The audit fields of a grant from its status and spec (never its URI)."""
+    spec = spec or {}
     binding = status.get("binding") or {}
-    await _audit(
-        memo,
-        EventType.EXPIRED if expired else EventType.REVOKED,
-        AuditEffect.DENY,
-        cause,
-        grant_namespace=namespace,
-        grant_name=name,
-        tenant=status.get("tenant"),
-        resource_ref=status.get("resourceRef"),
-        subject=_subject(namespace, binding.get("serviceAccountName")),
-        decision_id=(status.get("decision") or {}).get("id"),
-    )
+    return {
+        "grant_namespace": namespace,
+        "grant_name": name,
+        "subject": _subject(
+            namespace, binding.get("serviceAccountName") or spec.get("serviceAccountName")
+        ),
+        "tenant": status.get("tenant"),
+        "purpose": spec.get("purpose", "read"),
+        "resource_ref": status.get("resourceRef"),
+        "decision_id": (status.get("decision") or {}).get("id"),
+    }
 
 
 def _binding_broken(namespace: str, status: dict[str, Any], indexes: dict[str, Any]) -> str | None:
@@ -645,10 +676,7 @@ async def _settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
                     AuditEffect.PERMIT,
                     "NoPodCreated",
                     message=f"{released} use(s) given back: no created pod claimed them",
-                    grant_namespace=namespace,
-                    grant_name=name,
-                    tenant=updated.get("tenant"),
-                    resource_ref=updated.get("resourceRef"),
+                    **_about(namespace, name, updated, grant.get("spec")),
                 )
             return
 
@@ -692,29 +720,25 @@ async def _renew(
             status=status,
         )
         grant_span.set(phase=result.status.get("phase"))
-    if not result.permitted:
-        kopf.warn(
-            body,
-            reason="RenewalDenied",
-            message="renewal was not permitted; the grant expires at its expiresAt",
+        if not result.permitted:
+            kopf.warn(
+                body,
+                reason="RenewalDenied",
+                message="renewal was not permitted; the grant expires at its expiresAt",
+            )
+            return False
+        await memo.kube.patch_grant_status(namespace, name, result.status)
+        kopf.info(body, reason="Renewed", message="the PDP permitted a renewal; value re-delivered")
+        log.info("grant %s/%s renewed", namespace, name)
+        memo.metrics.renewals.inc()
+        await _audit(
+            memo,
+            EventType.RENEWED,
+            AuditEffect.PERMIT,
+            "Renewed",
+            grant_uid=uid,
+            **_about(namespace, name, result.status, body.get("spec")),
         )
-        return False
-    await memo.kube.patch_grant_status(namespace, name, result.status)
-    kopf.info(body, reason="Renewed", message="the PDP permitted a renewal; value re-delivered")
-    log.info("grant %s/%s renewed", namespace, name)
-    memo.metrics.renewals.inc()
-    await _audit(
-        memo,
-        EventType.RENEWED,
-        AuditEffect.PERMIT,
-        "Renewed",
-        grant_namespace=namespace,
-        grant_name=name,
-        grant_uid=uid,
-        tenant=result.status.get("tenant"),
-        resource_ref=result.status.get("resourceRef"),
-        decision_id=(result.status.get("decision") or {}).get("id"),
-    )
     if parsed.renewal and parsed.renewal.restart_workloads:
         await _restart_workloads(memo, body, namespace, parsed.renewal.restart_workloads)
     return True
@@ -756,6 +780,7 @@ def _guard_error(
 
 
 @kopf.daemon(*GRANTS, when=_is_live, cancellation_timeout=5.0)
+@correlated_handler
 async def tend_grant(
     name: str | None,
     namespace: str | None,
@@ -782,6 +807,7 @@ async def tend_grant(
             status,
             revoked_status(broken, generation=generation, status=status),
             "ServiceAccountChanged",
+            spec=body.get("spec"),
         )
         return
     renewal_given_up_for: str | None = None
@@ -803,6 +829,7 @@ async def tend_grant(
                     status=status,
                 ),
                 "TenantGuard",
+                spec=body.get("spec"),
             )
             return
         at = expires_at(status)
@@ -814,6 +841,7 @@ async def tend_grant(
                 status,
                 expired_status(generation=generation, status=status),
                 "Expired",
+                spec=body.get("spec"),
             )
             return
         renewal = (body.get("spec") or {}).get("renewal") or {}
@@ -838,24 +866,46 @@ def _has_reservations(status: kopf.Status, **_: Any) -> bool:
 
 
 @kopf.timer(*GRANTS, interval=SETTLE_INTERVAL_SECONDS, when=_has_reservations)
+@correlated_handler
 async def settle_uses(name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """While uses are reserved, confirm or release them (see ``uses``)."""
-    await _settle_uses(memo, namespace or "", name or "")
+    with tracing.span(
+        tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger="settle"
+    ):
+        await _settle_uses(memo, namespace or "", name or "")
 
 
 @kopf.on.delete(*GRANTS, when=_is_live)
+@correlated_handler
 async def revoke_on_delete(
-    name: str | None, namespace: str | None, status: kopf.Status, memo: kopf.Memo, **_: Any
+    name: str | None,
+    namespace: str | None,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
     """A deleted live grant is revoked first: its Secret is blanked before GC removes it."""
     namespace, name = namespace or "", name or ""
-    await memo.kube.blank_secret(
-        namespace, _secret_of(name, dict(status)), {ANNOTATION_STATE: "revoked"}
-    )
+    with tracing.span(
+        tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger="revoke"
+    ):
+        await memo.kube.blank_secret(
+            namespace, _secret_of(name, dict(status)), {ANNOTATION_STATE: "revoked"}
+        )
+        memo.metrics.revocations.labels("Deleted").inc()
+        await _audit(
+            memo,
+            EventType.REVOKED,
+            AuditEffect.DENY,
+            "Deleted",
+            **_about(namespace, name, dict(status), dict(spec)),
+        )
     log.info("grant %s/%s deleted; its delivery Secret was emptied", namespace, name)
 
 
 @kopf.on.event("serviceaccounts")
+@correlated_handler
 async def service_account_gone(
     type: str, name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -877,6 +927,7 @@ async def service_account_gone(
             status,
             revoked_status(message, generation=generation, status=status),
             "ServiceAccountChanged",
+            spec=grant.get("spec"),
         )
 
 

@@ -115,28 +115,90 @@ class PodAdmission:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._latest: dict[tuple[str, str], dict[str, Any]] = {}
 
-    async def _audit(
+    async def _audit_pod(
         self,
         type_: EventType,
         effect: AuditEffect,
         reason: str,
         namespace: str,
-        grant: str | None,
-        pod: str,
-        service_account: str,
+        pod: Mapping[str, Any],
+        grant_name: str | None,
+        grant: Mapping[str, Any] | None,
+        correlation_id: str | None,
     ) -> None:
+        """One pod_admitted / pod_denied record, with what the grant's status knows."""
+        status = (grant or {}).get("status") or {}
+        spec = (grant or {}).get("spec") or {}
+        meta = pod.get("metadata") or {}
         await self.auditor.record(
             type=type_,
             effect=effect,
             reason=reason,
             grant_namespace=namespace,
-            grant_name=grant,
-            pod=pod,
-            subject=f"system:serviceaccount:{namespace}:{service_account}",
+            grant_name=grant_name,
+            grant_uid=((grant or {}).get("metadata") or {}).get("uid"),
+            pod=meta.get("name") or meta.get("generateName"),
+            subject=f"system:serviceaccount:{namespace}:{pod_service_account(pod)}",
+            tenant=status.get("tenant"),
+            purpose=spec.get("purpose", "read") if grant else None,
+            resource_ref=status.get("resourceRef"),
+            decision_id=(status.get("decision") or {}).get("id"),
+            correlation_id=correlation_id,
         )
 
     async def mutate(
-        self, pod: Mapping[str, Any], namespace: str, *, dry_run: bool
+        self,
+        pod: Mapping[str, Any],
+        namespace: str,
+        *,
+        dry_run: bool,
+        correlation_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The JSON patch that mounts the pod's grants, one use of each counted.
+
+        Every admission and refusal is audited (with the AdmissionReview uid as its
+        correlation id), except dry runs: they have no side effects, audit included.
+        """
+        grants: dict[str, dict[str, Any]] = {}
+        try:
+            patch = await self._mutate(
+                pod, namespace, grants, dry_run=dry_run, correlation_id=correlation_id
+            )
+        except AdmissionDenied as denied:
+            if not dry_run:
+                await self._audit_pod(
+                    EventType.POD_DENIED,
+                    AuditEffect.DENY,
+                    denied.reason,
+                    namespace,
+                    pod,
+                    denied.grant,
+                    grants.get(denied.grant or ""),
+                    correlation_id,
+                )
+            raise
+        if not dry_run:
+            for name, grant in grants.items():
+                await self._audit_pod(
+                    EventType.POD_ADMITTED,
+                    AuditEffect.PERMIT,
+                    "Admitted",
+                    namespace,
+                    pod,
+                    name,
+                    self._latest.get((namespace, name), grant),
+                    correlation_id,
+                )
+        return patch
+
+    async def _mutate(
+        self,
+        pod: Mapping[str, Any],
+        namespace: str,
+        grants: dict[str, dict[str, Any]],
+        *,
+        dry_run: bool,
+        correlation_id: str | None,
     ) -> list[dict[str, Any]]:
         names = requested_grants(pod)
         service_account = pod_service_account(pod)
@@ -144,6 +206,8 @@ class PodAdmission:
         mounts: list[GrantMount] = []
         for name in names:
             grant = await self.store.read_grant(namespace, name)
+            if grant is not None:
+                grants[name] = grant
             try:
                 check_grant_for_pod(name, grant, service_account, at)
             except AdmissionDenied as denied:
@@ -159,14 +223,21 @@ class PodAdmission:
         try:
             for name in names:
                 rid = uuid.uuid4().hex[:16]
-                await self._reserve(namespace, name, rid, service_account)
+                await self._reserve(namespace, name, rid, service_account, correlation_id)
                 reserved[name] = rid
         except BaseException:
             await asyncio.shield(self._release_all(namespace, reserved))
             raise
         return injection_patch(pod, mounts, reserved)
 
-    async def _reserve(self, namespace: str, name: str, rid: str, service_account: str) -> None:
+    async def _reserve(
+        self,
+        namespace: str,
+        name: str,
+        rid: str,
+        service_account: str,
+        correlation_id: str | None = None,
+    ) -> None:
         """Count one use: compare-and-swap on the grant's status.
 
         Admissions of one grant are serialised in this process (a lock per grant), and
@@ -205,7 +276,10 @@ class PodAdmission:
             grant_namespace=namespace,
             grant_name=name,
             tenant=status.get("tenant"),
+            purpose=(grant.get("spec") or {}).get("purpose", "read"),
             resource_ref=status.get("resourceRef"),
+            decision_id=(status.get("decision") or {}).get("id"),
+            correlation_id=correlation_id,
             subject=f"system:serviceaccount:{namespace}:{service_account}",
         )
 
@@ -253,7 +327,36 @@ class PodAdmission:
                     found.append((grant, str(_delivered(grant))))
         return found
 
-    async def validate(self, pod: Mapping[str, Any], namespace: str) -> None:
+    async def validate(
+        self,
+        pod: Mapping[str, Any],
+        namespace: str,
+        *,
+        dry_run: bool = False,
+        correlation_id: str | None = None,
+    ) -> None:
+        """Refuse (and audit) a pod that uses a delivery Secret the mutating webhook did not give it."""
+        grants: dict[str, dict[str, Any]] = {}
+        try:
+            await self._validate(pod, namespace, grants)
+        except AdmissionDenied as denied:
+            if dry_run:
+                raise
+            await self._audit_pod(
+                EventType.POD_DENIED,
+                AuditEffect.DENY,
+                denied.reason,
+                namespace,
+                pod,
+                denied.grant,
+                grants.get(denied.grant or ""),
+                correlation_id,
+            )
+            raise
+
+    async def _validate(
+        self, pod: Mapping[str, Any], namespace: str, grants: dict[str, dict[str, Any]]
+    ) -> None:
         """Refuse a pod that uses a delivery Secret the mutating webhook did not give it.
 
         Delivery Secrets are found through the grants' status (the operator has no
@@ -271,6 +374,7 @@ class PodAdmission:
         for grant, secret_name in await self._delivering(namespace, candidates):
             status = grant.get("status") or {}
             name = str((grant.get("metadata") or {}).get("name"))
+            grants[name] = grant
             bound = (status.get("binding") or {}).get("serviceAccountName")
             if bound != service_account:
                 raise AdmissionDenied(
@@ -381,12 +485,16 @@ class WebhookServer:
         tracing.annotate(grant_namespace=namespace)
         try:
             if mutate:
-                patch = await self.admission.mutate(pod, namespace, dry_run=bool(req.get("dryRun")))
+                patch = await self.admission.mutate(
+                    pod, namespace, dry_run=bool(req.get("dryRun")), correlation_id=uid
+                )
                 body = _review_response(uid, patch=patch)
                 tracing.annotate(allowed=True)
                 log.info("pod %s/%s admitted with its grants", namespace, pod_name)
             else:
-                await self.admission.validate(pod, namespace)
+                await self.admission.validate(
+                    pod, namespace, dry_run=bool(req.get("dryRun")), correlation_id=uid
+                )
                 body = _review_response(uid)
                 tracing.annotate(allowed=True)
         except AdmissionDenied as denied:

@@ -84,6 +84,9 @@ def run_dev(*, workdir: Path | None, provider: str = "vault") -> int:
         plane.kubectl("apply", "--server-side", "-k", str(REPO / "crds"))
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         plane.kubectl("apply", "-k", str(REPO / "examples" / "quickstart"))
+        # Everything the dev operator serves stays on this machine.
+        env.setdefault("SECRETGRANTS_METRICS_ADDRESS", "127.0.0.1")
+        env = {**env, **{k: v for k, v in os.environ.items() if k in _OVERRIDABLE}}
         os.environ.update(env)
         _say("ready. In another shell:")
         print(
@@ -107,6 +110,12 @@ def run_dev(*, workdir: Path | None, provider: str = "vault") -> int:
             pass
     _say("stopped")
     return 0
+
+
+# Ports a user (or a test running beside another operator) may choose.
+_OVERRIDABLE = frozenset(
+    {"SECRETGRANTS_METRICS_PORT", "SECRETGRANTS_METRICS_ADDRESS", "SECRETGRANTS_DIAGNOSTICS_PORT"}
+)
 
 
 def _seed_vault(vault: VaultDevServer) -> None:

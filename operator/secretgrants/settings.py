@@ -161,6 +161,16 @@ class Settings(BaseSettings):
         default=2.0,
         validation_alias=AliasChoices("SECRETGRANTS_PDP_TIMEOUT", "pdp_timeout_seconds"),
     )
+    pdp_max_batch: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        validation_alias=AliasChoices("SECRETGRANTS_PDP_MAX_BATCH", "pdp_max_batch"),
+        description=(
+            "AuthZEN: decisions asked while a call is in flight go out together in one "
+            "batch call (POST /access/v1/evaluations), at most this many; 1 turns it off."
+        ),
+    )
     opa_decision_path: str = Field(
         default="secretgrants/authz",
         validation_alias=AliasChoices("SECRETGRANTS_OPA_PATH", "opa_decision_path"),

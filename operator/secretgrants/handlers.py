@@ -27,6 +27,7 @@ from secretgrants.audit import (
     Auditor,
     EventType,
     MemorySink,
+    correlated,
     correlated_handler,
     current_correlation_id,
     resource_ref,
@@ -159,8 +160,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     # Pod admission and the Secrets API get their own client and threads: a burst of
     # background work (e.g. a thousand grants being decided) never delays a pod.
     memo.front = KubeClient(threads=16, name="front")
+    # kopf's indexes are live objects: kept here for work outside kopf's handlers.
+    memo.indexes = {
+        "namespace_labels": kwargs["namespace_labels"],
+        "tenant_sources": kwargs["tenant_sources"],
+    }
+    memo.renew_locks = {}
     memo.admission = PodAdmission(
-        memo.front, audience=cfg.secrets_audience, auditor=memo.audit, metrics=memo.metrics
+        memo.front,
+        audience=cfg.secrets_audience,
+        auditor=memo.audit,
+        metrics=memo.metrics,
+        renew=lambda namespace, name: _renew_now(memo, namespace, name),
     )
     memo.webhook = None
     service_dns = f"{cfg.webhook_service}.{cfg.operator_namespace}.svc"
@@ -679,6 +690,38 @@ async def _settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
                     **_about(namespace, name, updated, grant.get("spec")),
                 )
             return
+
+
+async def _renew_now(memo: kopf.Memo, namespace: str, name: str) -> bool:
+    """Renew at the point of use (pod admission): one renewal per grant at a time.
+
+    Re-reads the grant under the lock, so a renewal that another admission (or the
+    grant's own timer) finished meanwhile is reused instead of asking the PDP twice.
+    """
+    locks: dict[tuple[str, str], asyncio.Lock] = memo.renew_locks
+    async with locks.setdefault((namespace, name), asyncio.Lock()):
+        grant = await memo.kube.read_grant(namespace, name)
+        if grant is None:
+            return False
+        status = grant.get("status") or {}
+        at = expires_at(status)
+        remaining = status.get("usesRemaining")
+        fresh = (
+            status.get("phase") == Phase.GRANTED.value
+            and (at is None or at > now())
+            and (remaining is None or int(remaining) > 0)
+        )
+        if fresh:
+            return True
+        with correlated():
+            return await _renew(
+                memo,
+                kopf.Body(grant),
+                namespace,
+                name,
+                str((grant.get("metadata") or {}).get("uid") or ""),
+                memo.indexes,
+            )
 
 
 async def _renew(

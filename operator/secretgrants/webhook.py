@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 import logging
 import random
@@ -18,10 +19,10 @@ import ssl
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
@@ -97,6 +98,10 @@ def serving_cert(
     return ServingCert(cert_file, key_file, ca_pair.cert_pem)
 
 
+# Refusals that a fresh PDP decision can lift (when the grant's renewal is on).
+RENEWABLE_REFUSALS: Final = frozenset({"UsesExhausted", "GrantExpired"})
+
+
 class PodAdmission:
     """The checks and the use accounting, over a GrantStore."""
 
@@ -107,8 +112,12 @@ class PodAdmission:
         audience: str | None,
         auditor: Auditor | None = None,
         metrics: Metrics | None = None,
+        renew: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
         self.store = store
+        # Asks the PDP again for an exhausted or expired grant with renewal on; True when
+        # a fresh permit was written (the operator's renewal, called at the point of use).
+        self.renew = renew
         self.audience = audience
         self.auditor = auditor or Auditor()
         self.metrics = metrics or Metrics()
@@ -206,6 +215,8 @@ class PodAdmission:
         mounts: list[GrantMount] = []
         for name in names:
             grant = await self.store.read_grant(namespace, name)
+            if not dry_run:
+                grant = await self._renewed_if_due(namespace, name, grant, service_account, at)
             if grant is not None:
                 grants[name] = grant
             try:
@@ -229,6 +240,39 @@ class PodAdmission:
             await asyncio.shield(self._release_all(namespace, reserved))
             raise
         return injection_patch(pod, mounts, reserved)
+
+    async def _renewed_if_due(
+        self,
+        namespace: str,
+        name: str,
+        grant: dict[str, Any] | None,
+        service_account: str,
+        at: dt.datetime,
+    ) -> dict[str, Any] | None:
+        """The grant, renewed first when it is exhausted or expired and asks for renewal.
+
+        "Expired or exhausted grants force a fresh PDP check" (the seeds): a pod of the
+        bound ServiceAccount that finds its grant used up gets a new decision right
+        now, instead of a refusal while the renewal waits for its turn. Any other
+        refusal (another ServiceAccount, not Granted, ...) never asks the PDP.
+        """
+        if self.renew is None or grant is None:
+            return grant
+        try:
+            check_grant_for_pod(name, grant, service_account, at)
+            return grant
+        except AdmissionDenied as denied:
+            if denied.reason not in RENEWABLE_REFUSALS:
+                return grant
+        status = grant.get("status") or {}
+        if not ((grant.get("spec") or {}).get("renewal") or {}).get("enabled"):
+            return grant
+        if (status.get("binding") or {}).get("serviceAccountName") != service_account:
+            return grant
+        if not await self.renew(namespace, name):
+            return grant
+        self._latest.pop((namespace, name), None)  # start from the renewed object
+        return await self.store.read_grant(namespace, name)
 
     async def _reserve(
         self,

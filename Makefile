@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $@
 
-dev: tools venv  ## the local default: control plane, Vault dev, built-in PDP, operator
+dev: venv  ## the local default: control plane, Vault dev, built-in PDP, operator
+	hack/tools.sh dev
 	$(VENV)/bin/secretgrants dev
 
 test: tools venv lint  ## everything: lint, unit and e2e tests against real servers

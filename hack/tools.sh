@@ -8,6 +8,7 @@
 #   hack/tools.sh          build what is missing or stale
 #   hack/tools.sh --force  rebuild everything
 #   hack/tools.sh kafka    install only Kafka (no Go needed)
+#   hack/tools.sh dev      only what `make dev` runs: the control plane and Vault (no Java)
 #   hack/tools.sh gen      regenerate hack/tools/k8s/go.mod from the pins
 #   hack/tools.sh versions print what is installed
 set -euo pipefail
@@ -162,9 +163,10 @@ main() {
     gen) gen_k8s_module; return;;
     versions) versions; return;;
     kafka) install_kafka; return;;
+    dev) build_k8s; build_vault; say "dev tools ready in $BIN"; return;;  # what `secretgrants dev` runs
     --force) FORCE=1;;
     "") ;;
-    *) say "usage: hack/tools.sh [--force|gen|versions|kafka]"; exit 2;;
+    *) say "usage: hack/tools.sh [--force|gen|versions|kafka|dev]"; exit 2;;
   esac
   local start=$SECONDS
   build_k8s

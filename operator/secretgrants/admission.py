@@ -199,8 +199,14 @@ def _volume(mount: GrantMount) -> dict[str, Any]:
         if mode is not None:
             item["mode"] = mode
         secret_items.append(item)
+    # optional: true is what takes a value away from a running pod. When the operator
+    # empties the Secret (expiry, revocation, deletion), the kubelet's projected volume
+    # plugin skips missing optional keys and rewrites the volume without them; with
+    # optional: false it fails the update ("references non-existent secret key") and
+    # the pod keeps the files it last wrote (pkg/volume/secret.MakePayload). Admission
+    # only mounts Granted grants, whose Secret is written before the phase is set.
     sources: list[dict[str, Any]] = [
-        {"secret": {"name": mount.secret_name, "items": secret_items, "optional": False}}
+        {"secret": {"name": mount.secret_name, "items": secret_items, "optional": True}}
     ]
     if mount.audience:
         sources.append(

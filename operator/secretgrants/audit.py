@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import logging
+import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextvars import ContextVar
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +36,9 @@ __all__ = [
     "Effect",
     "EventType",
     "MemorySink",
+    "correlated",
+    "correlated_handler",
+    "current_correlation_id",
     "resource_ref",
 ]
 
@@ -96,6 +103,45 @@ class AuditEvent(BaseModel):
         return self.model_dump_json(exclude_none=True)
 
 
+_CORRELATION: ContextVar[str | None] = ContextVar("secretgrants_correlation_id", default=None)
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@contextlib.contextmanager
+def correlated(given: str | None = None) -> Iterator[str]:
+    """One unit of work (a reconciliation pass, an admission, an API request).
+
+    Every audit event recorded inside carries the id, and the PDP gets it as
+    ``X-Request-ID``. A caller-supplied id is kept only if it is short and plain;
+    otherwise a new one is made. The previous id is restored on exit, so ids never
+    leak from one handler into the next one that kopf runs in the same task.
+    """
+    cid = given if given and _SAFE_ID.match(given) else str(uuid.uuid4())
+    token = _CORRELATION.set(cid)
+    try:
+        yield cid
+    finally:
+        _CORRELATION.reset(token)
+
+
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+
+def correlated_handler(fn: _F) -> _F:
+    """A kopf handler whose every call is one unit of work (see ``correlated``)."""
+
+    @functools.wraps(fn)
+    async def handler(*args: Any, **kwargs: Any) -> Any:
+        with correlated():
+            return await fn(*args, **kwargs)
+
+    return cast(_F, handler)
+
+
+def current_correlation_id() -> str | None:
+    return _CORRELATION.get()
+
+
 class AuditSink(Protocol):
     """Where events go. ``emit`` must not block for long and must not raise for a bad sink."""
 
@@ -145,7 +191,10 @@ class Auditor:
                 log.warning("audit sink %s failed: %s", sink.name, type(err).__name__)
 
     async def record(self, **fields: object) -> AuditEvent:
-        """Validate and emit one event; it carries the current span's ids unless given."""
+        """Validate and emit one event; it carries the current span's ids and the current
+        correlation id (see ``correlated``) unless given."""
+        if fields.get("correlation_id") is None:
+            fields["correlation_id"] = current_correlation_id()
         if fields.get("trace_id") is None and fields.get("span_id") is None:
             fields["trace_id"], fields["span_id"] = tracing.current_ids()
         event = AuditEvent.model_validate(fields)

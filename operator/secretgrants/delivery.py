@@ -12,7 +12,7 @@ import base64
 import datetime as dt
 import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from secretgrants.api.common import API_VERSION, GROUP
 from secretgrants.api.grant import SecretGrantRequestSpec
@@ -20,6 +20,7 @@ from secretgrants.errors import KeyNotFound
 
 __all__ = [
     "ANNOTATION_EXPIRES_AT",
+    "DELIVERY_PREFIX",
     "LABEL_GRANT",
     "LABEL_SERVICE_ACCOUNT",
     "SECRET_TYPE",
@@ -37,10 +38,13 @@ ANNOTATION_EXPIRES_AT = f"{GROUP}/expires-at"
 ANNOTATION_STATE = f"{GROUP}/state"
 
 
+DELIVERY_PREFIX: Final = "sg-"  # every delivery Secret's name starts so (webhook matchConditions)
+
+
 def delivery_secret_name(grant_name: str) -> str:
     """Deterministic and collision-free: ``sg-<name>-<hash>``, at most 253 characters."""
     digest = hashlib.sha256(grant_name.encode()).hexdigest()[:8]
-    return f"sg-{grant_name[:230]}-{digest}"
+    return f"{DELIVERY_PREFIX}{grant_name[:230]}-{digest}"
 
 
 def select_keys(

@@ -21,6 +21,8 @@ from secretgrants.devenv import LocalControlPlane, VaultDevServer, free_port, to
 __all__ = ["run_dev"]
 
 REPO = Path(__file__).resolve().parents[2]
+# docs/walkthrough.md runs against `make dev`: its rules come after the quick start's.
+EXAMPLE_POLICY = REPO / "examples" / "policy" / "builtin-policy.yaml"
 DEV_POLICY = {
     "rules": [
         {
@@ -32,6 +34,12 @@ DEV_POLICY = {
         }
     ]
 }
+
+
+def dev_policy() -> dict[str, object]:
+    """The quick start's rule, then the rules of the walk-through's policy file."""
+    example = yaml.safe_load(EXAMPLE_POLICY.read_text())
+    return {"version": 1, "rules": [*DEV_POLICY["rules"], *example["rules"]]}
 
 
 def _say(msg: str) -> None:
@@ -60,7 +68,7 @@ def run_dev(*, workdir: Path | None, provider: str = "vault") -> int:
             "SECRETGRANTS_API_PORT": str(free_port()),
         }
         policy = root / "policy.yaml"
-        policy.write_text(yaml.safe_dump(DEV_POLICY, sort_keys=False))
+        policy.write_text(yaml.safe_dump(dev_policy(), sort_keys=False))
         env["SECRETGRANTS_POLICY_FILE"] = str(policy)
         if provider == "vault":
             _say("starting a Vault dev server ...")
@@ -76,6 +84,9 @@ def run_dev(*, workdir: Path | None, provider: str = "vault") -> int:
         plane.kubectl("apply", "--server-side", "-k", str(REPO / "crds"))
         plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         plane.kubectl("apply", "-k", str(REPO / "examples" / "quickstart"))
+        # Everything the dev operator serves stays on this machine.
+        env.setdefault("SECRETGRANTS_METRICS_ADDRESS", "127.0.0.1")
+        env = {**env, **{k: v for k, v in os.environ.items() if k in _OVERRIDABLE}}
         os.environ.update(env)
         _say("ready. In another shell:")
         print(
@@ -85,7 +96,8 @@ def run_dev(*, workdir: Path | None, provider: str = "vault") -> int:
             "  kubectl describe sgr -n demo finance-ledger   # why it was rejected\n"
             "  kubectl explain sgr.spec\n"
             f"  kubectl apply -f {REPO / 'examples' / 'quickstart' / 'pod.yaml'}"
-            "   # a pod that mounts its grant\n",
+            "   # a pod that mounts its grant\n"
+            "  # then the walk-through: docs/walkthrough.md\n",
             file=sys.stderr,
             flush=True,
         )
@@ -98,6 +110,12 @@ def run_dev(*, workdir: Path | None, provider: str = "vault") -> int:
             pass
     _say("stopped")
     return 0
+
+
+# Ports a user (or a test running beside another operator) may choose.
+_OVERRIDABLE = frozenset(
+    {"SECRETGRANTS_METRICS_PORT", "SECRETGRANTS_METRICS_ADDRESS", "SECRETGRANTS_DIAGNOSTICS_PORT"}
+)
 
 
 def _seed_vault(vault: VaultDevServer) -> None:

@@ -59,7 +59,10 @@ def explain(grant: Mapping[str, Any], now: dt.datetime | None = None) -> str:
     )
     guard = conditions.get("TenantGuardPassed")
     if status.get("tenant") or guard:
-        verdict = "passed" if (guard or {}).get("status") == "True" else "failed"
+        # Without the condition, a recorded tenant means the guard passed: the operator
+        # records the tenant only past the guard, and writes the condition on failures.
+        passed = guard.get("status") == "True" if guard else bool(status.get("tenant"))
+        verdict = "passed" if passed else "failed"
         lines.append(f"  tenant:     {status.get('tenant') or '-'} (guard {verdict})")
     decision = status.get("decision") or {}
     if decision:

@@ -21,7 +21,14 @@ from secretgrants import tracing
 from secretgrants.admission import LABEL_INJECT, reservation_ids
 from secretgrants.api.common import GROUP, VERSION, ConditionStatus, now, set_condition
 from secretgrants.api.grant import DeliveryMode, SecretGrantRequestSpec
-from secretgrants.audit import Auditor, EventType, MemorySink, resource_ref
+from secretgrants.audit import (
+    Auditor,
+    EventType,
+    MemorySink,
+    correlated_handler,
+    current_correlation_id,
+    resource_ref,
+)
 from secretgrants.audit import Effect as AuditEffect
 from secretgrants.audit_kafka import KafkaSink, aiokafka_producer
 from secretgrants.audit_sinks import KubeEventSink, StdoutSink
@@ -42,7 +49,14 @@ from secretgrants.grants import (
     settled,
 )
 from secretgrants.kube import IO_THREADS, KubeClient
-from secretgrants.lifecycle import Outcome, Tending, end_grant, secret_of
+from secretgrants.lifecycle import (
+    Outcome,
+    Tending,
+    audit_fields,
+    end_grant,
+    renew_now,
+    secret_of,
+)
 from secretgrants.lifecycle import subject as _subject
 from secretgrants.metrics import Metrics, serve
 from secretgrants.policy import Decision, Effect, PolicyDecisionPoint, apply_obligations, build_pdp
@@ -146,8 +160,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     # Pod admission and the Secrets API get their own client and threads: a burst of
     # background work (e.g. a thousand grants being decided) never delays a pod.
     memo.front = KubeClient(threads=16, name="front")
+    # kopf's indexes are live objects: kept here for work outside kopf's handlers.
+    memo.indexes = {
+        "namespace_labels": kwargs["namespace_labels"],
+        "tenant_sources": kwargs["tenant_sources"],
+    }
+    memo.renew_locks = {}
     memo.admission = PodAdmission(
-        memo.front, audience=cfg.secrets_audience, auditor=memo.audit, metrics=memo.metrics
+        memo.front,
+        audience=cfg.secrets_audience,
+        auditor=memo.audit,
+        metrics=memo.metrics,
+        renew=lambda namespace, name: renew_now(memo, namespace, name, _authorize_and_deliver),
     )
     memo.webhook = None
     service_dns = f"{cfg.webhook_service}.{cfg.operator_namespace}.svc"
@@ -282,6 +306,7 @@ def tenant_sources(name: str, spec: kopf.Spec, **_: Any) -> dict[str, TenantSour
 @kopf.on.resume(*GRANTS)
 @kopf.on.create(*GRANTS)
 @kopf.on.update(*GRANTS, field="spec")
+@correlated_handler
 async def reconcile_grant(
     spec: kopf.Spec,
     meta: kopf.Meta,
@@ -430,7 +455,6 @@ async def _authorize_and_deliver(
                 effect,
                 reason,
                 decision_id=final.decision_id,
-                correlation_id=final.decision_id,
                 pdp=final.pdp_kind,
                 **context,
             )
@@ -534,7 +558,7 @@ async def _decide(
         owner=meta.owner,
         created_by=meta.created_by,
         created_at=meta.created_at,
-        correlation_id=str(uuid.uuid4()),
+        correlation_id=current_correlation_id() or str(uuid.uuid4()),
         traceparent=tracing.traceparent(),  # the PDP span: sent as header and in the context
     )
     return await pdp.evaluate(request)
@@ -578,10 +602,7 @@ async def _settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
                     AuditEffect.PERMIT,
                     "NoPodCreated",
                     message=f"{released} use(s) given back: no created pod claimed them",
-                    grant_namespace=namespace,
-                    grant_name=name,
-                    tenant=updated.get("tenant"),
-                    resource_ref=updated.get("resourceRef"),
+                    **audit_fields(namespace, name, updated, grant.get("spec")),
                 )
             return
 
@@ -605,24 +626,46 @@ def _has_reservations(status: kopf.Status, **_: Any) -> bool:
 
 
 @kopf.timer(*GRANTS, interval=SETTLE_INTERVAL_SECONDS, when=_has_reservations)
+@correlated_handler
 async def settle_uses(name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """While uses are reserved, confirm or release them (see ``uses``)."""
-    await _settle_uses(memo, namespace or "", name or "")
+    with tracing.span(
+        tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger="settle"
+    ):
+        await _settle_uses(memo, namespace or "", name or "")
 
 
 @kopf.on.delete(*GRANTS, when=_is_live)
+@correlated_handler
 async def revoke_on_delete(
-    name: str | None, namespace: str | None, status: kopf.Status, memo: kopf.Memo, **_: Any
+    name: str | None,
+    namespace: str | None,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
     """A deleted live grant is revoked first: its Secret is blanked before GC removes it."""
     namespace, name = namespace or "", name or ""
-    await memo.kube.blank_secret(
-        namespace, secret_of(name, dict(status)), {ANNOTATION_STATE: "revoked"}
-    )
+    with tracing.span(
+        tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger="revoke"
+    ):
+        await memo.kube.blank_secret(
+            namespace, secret_of(name, dict(status)), {ANNOTATION_STATE: "revoked"}
+        )
+        memo.metrics.revocations.labels("Deleted").inc()
+        await _audit(
+            memo,
+            EventType.REVOKED,
+            AuditEffect.DENY,
+            "Deleted",
+            **audit_fields(namespace, name, dict(status), dict(spec)),
+        )
     log.info("grant %s/%s deleted; its delivery Secret was emptied", namespace, name)
 
 
 @kopf.on.event("serviceaccounts")
+@correlated_handler
 async def service_account_gone(
     type: str, name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -644,6 +687,7 @@ async def service_account_gone(
             status,
             revoked_status(message, generation=generation, status=status),
             "ServiceAccountChanged",
+            spec=grant.get("spec"),
         )
 
 

@@ -10,6 +10,7 @@ is blanked before the status says so, and a grant that is no longer live is left
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -23,7 +24,7 @@ from secretgrants import tracing
 from secretgrants.api.common import now
 from secretgrants.api.grant import SecretGrantRequestSpec, WorkloadRef
 from secretgrants.audit import Effect as AuditEffect
-from secretgrants.audit import EventType
+from secretgrants.audit import EventType, correlated
 from secretgrants.delivery import ANNOTATION_STATE, delivery_secret_name
 from secretgrants.errors import SecretGrantsError
 from secretgrants.grants import (
@@ -44,7 +45,7 @@ from secretgrants.restarts import RestartLimiter, restart_patch
 from secretgrants.schedule import Key
 from secretgrants.scheduler import Scheduler
 
-__all__ = ["Outcome", "Tending", "end_grant", "secret_of", "subject"]
+__all__ = ["Outcome", "Tending", "audit_fields", "end_grant", "renew_now", "secret_of", "subject"]
 
 log = logging.getLogger("secretgrants")
 
@@ -167,6 +168,10 @@ class Tending:
 
     async def tend(self, key: Key) -> float | None:
         """Act on one due grant, read fresh; its next deadline (epoch seconds) or None."""
+        with correlated():  # one unit of work: its audit events share a correlation id
+            return await self._tend(key)
+
+    async def _tend(self, key: Key) -> float | None:
         namespace, name = key
         memo = self._memo
         raw = await memo.kube.read_grant(namespace, name)
@@ -184,7 +189,9 @@ class Tending:
         )
         if broken:
             ending = revoked_status(broken, generation=generation, status=status)
-            await end_grant(memo, namespace, name, status, ending, "ServiceAccountChanged")
+            await end_grant(
+                memo, namespace, name, status, ending, "ServiceAccountChanged", raw.get("spec")
+            )
             return None
         guard_error = _guard_error(memo, body, namespace, self._indexes)
         if guard_error is not None:  # a SecretTenant changed under a live grant
@@ -193,13 +200,13 @@ class Tending:
                 generation=generation,
                 status=status,
             )
-            await end_grant(memo, namespace, name, status, ending, "TenantGuard")
+            await end_grant(memo, namespace, name, status, ending, "TenantGuard", raw.get("spec"))
             return None
         current = now()
         at = expires_at(status)
         if at is not None and at <= current:
             ending = expired_status(generation=generation, status=status)
-            await end_grant(memo, namespace, name, status, ending, "Expired")
+            await end_grant(memo, namespace, name, status, ending, "Expired", raw.get("spec"))
             return None
         spec = dict(raw.get("spec") or {})
         given_up = self._given_up.get(key)
@@ -249,6 +256,25 @@ def subject(namespace: str, service_account: object) -> str | None:
     return f"system:serviceaccount:{namespace}:{service_account}"
 
 
+def audit_fields(
+    namespace: str, name: str, status: Mapping[str, Any], spec: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The audit fields of a grant from its status and spec (never its URI)."""
+    spec = spec or {}
+    binding = status.get("binding") or {}
+    return {
+        "grant_namespace": namespace,
+        "grant_name": name,
+        "subject": subject(
+            namespace, binding.get("serviceAccountName") or spec.get("serviceAccountName")
+        ),
+        "tenant": status.get("tenant"),
+        "purpose": spec.get("purpose", "read"),
+        "resource_ref": status.get("resourceRef"),
+        "decision_id": (status.get("decision") or {}).get("id"),
+    }
+
+
 async def end_grant(
     memo: kopf.Memo,
     namespace: str,
@@ -256,31 +282,30 @@ async def end_grant(
     status: dict[str, Any],
     ending: dict[str, Any],
     cause: str,
+    spec: Mapping[str, Any] | None = None,
 ) -> None:
     """Blank the delivery Secret first (kubelets keep a deleted Secret's last content), then
-    write the ending status."""
-    state = str(ending["phase"]).lower()
-    await memo.kube.blank_secret(namespace, secret_of(name, status), {ANNOTATION_STATE: state})
-    await memo.kube.patch_grant_status(namespace, name, ending)
-    log.info("grant %s/%s is %s; its delivery Secret was emptied", namespace, name, state)
-    metrics: Metrics = memo.metrics
-    expired = ending["phase"] == Phase.EXPIRED.value
-    if expired:
-        metrics.expirations.inc()
-    else:
-        metrics.revocations.labels(cause).inc()
-    binding = status.get("binding") or {}
-    await memo.audit.record(
-        type=EventType.EXPIRED if expired else EventType.REVOKED,
-        effect=AuditEffect.DENY,
-        reason=cause,
-        grant_namespace=namespace,
-        grant_name=name,
-        tenant=status.get("tenant"),
-        resource_ref=status.get("resourceRef"),
-        subject=subject(namespace, binding.get("serviceAccountName")),
-        decision_id=(status.get("decision") or {}).get("id"),
-    )
+    record the ending, then write the ending status (a re-run records it again)."""
+    trigger = "expire" if ending["phase"] == Phase.EXPIRED.value else "revoke"
+    with tracing.span(
+        tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger=trigger
+    ):
+        state = str(ending["phase"]).lower()
+        await memo.kube.blank_secret(namespace, secret_of(name, status), {ANNOTATION_STATE: state})
+        metrics: Metrics = memo.metrics
+        expired = ending["phase"] == Phase.EXPIRED.value
+        if expired:
+            metrics.expirations.inc()
+        else:
+            metrics.revocations.labels(cause).inc()
+        await memo.audit.record(
+            type=EventType.EXPIRED if expired else EventType.REVOKED,
+            effect=AuditEffect.DENY,
+            reason=cause,
+            **audit_fields(namespace, name, status, spec),
+        )
+        log.info("grant %s/%s is %s; its delivery Secret was emptied", namespace, name, state)
+        await memo.kube.patch_grant_status(namespace, name, ending)
 
 
 def _guard_error(
@@ -338,28 +363,24 @@ async def _renew(
             status=status,
         )
         grant_span.set(phase=result.status.get("phase"))
-    if not result.permitted:
-        kopf.warn(
-            body,
-            reason="RenewalDenied",
-            message="renewal was not permitted; the grant expires at its expiresAt",
+        if not result.permitted:
+            kopf.warn(
+                body,
+                reason="RenewalDenied",
+                message="renewal was not permitted; the grant expires at its expiresAt",
+            )
+            return False
+        await memo.kube.patch_grant_status(namespace, name, result.status)
+        kopf.info(body, reason="Renewed", message="the PDP permitted a renewal; value re-delivered")
+        log.info("grant %s/%s renewed", namespace, name)
+        memo.metrics.renewals.inc()
+        await memo.audit.record(
+            type=EventType.RENEWED,
+            effect=AuditEffect.PERMIT,
+            reason="Renewed",
+            grant_uid=uid,
+            **audit_fields(namespace, name, result.status, body.get("spec")),
         )
-        return False
-    await memo.kube.patch_grant_status(namespace, name, result.status)
-    kopf.info(body, reason="Renewed", message="the PDP permitted a renewal; value re-delivered")
-    log.info("grant %s/%s renewed", namespace, name)
-    memo.metrics.renewals.inc()
-    await memo.audit.record(
-        type=EventType.RENEWED,
-        effect=AuditEffect.PERMIT,
-        reason="Renewed",
-        grant_namespace=namespace,
-        grant_name=name,
-        grant_uid=uid,
-        tenant=result.status.get("tenant"),
-        resource_ref=result.status.get("resourceRef"),
-        decision_id=(result.status.get("decision") or {}).get("id"),
-    )
     if parsed.renewal and parsed.renewal.restart_workloads:
         await _restart_workloads(memo, body, namespace, parsed.renewal.restart_workloads)
     return True
@@ -383,3 +404,36 @@ async def _restart_workloads(
             kopf.info(body, reason="Restarted", message=f"rollout restart of {ref.kind} {ref.name}")
         else:
             kopf.warn(body, reason="RestartFailed", message=f"{ref.kind} {ref.name} not found")
+
+
+async def renew_now(memo: kopf.Memo, namespace: str, name: str, authorize: Authorize) -> bool:
+    """Renew at the point of use (pod admission): one renewal per grant at a time.
+
+    Re-reads the grant under the lock, so a renewal that another admission (or the
+    scheduler) finished meanwhile is reused instead of asking the PDP twice.
+    """
+    locks: dict[tuple[str, str], asyncio.Lock] = memo.renew_locks
+    async with locks.setdefault((namespace, name), asyncio.Lock()):
+        grant = await memo.kube.read_grant(namespace, name)
+        if grant is None:
+            return False
+        status = grant.get("status") or {}
+        at = expires_at(status)
+        remaining = status.get("usesRemaining")
+        fresh = (
+            status.get("phase") == Phase.GRANTED.value
+            and (at is None or at > now())
+            and (remaining is None or int(remaining) > 0)
+        )
+        if fresh:
+            return True
+        with correlated():
+            return await _renew(
+                memo,
+                kopf.Body(grant),
+                namespace,
+                name,
+                str((grant.get("metadata") or {}).get("uid") or ""),
+                memo.indexes,
+                authorize,
+            )

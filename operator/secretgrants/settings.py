@@ -161,6 +161,16 @@ class Settings(BaseSettings):
         default=2.0,
         validation_alias=AliasChoices("SECRETGRANTS_PDP_TIMEOUT", "pdp_timeout_seconds"),
     )
+    pdp_max_batch: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        validation_alias=AliasChoices("SECRETGRANTS_PDP_MAX_BATCH", "pdp_max_batch"),
+        description=(
+            "AuthZEN: decisions asked while a call is in flight go out together in one "
+            "batch call (POST /access/v1/evaluations), at most this many; 1 turns it off."
+        ),
+    )
     opa_decision_path: str = Field(
         default="secretgrants/authz",
         validation_alias=AliasChoices("SECRETGRANTS_OPA_PATH", "opa_decision_path"),
@@ -344,7 +354,7 @@ class Settings(BaseSettings):
 
 
 _MORE = {
-    "tenant_id": "Tenant id of the env tenant (used when no SecretTenant claims a namespace).",
+    "tenant_id": "Tenant id of the env tenant, which covers every namespace while no SecretTenant exists (once one exists, namespaces it does not claim get TenantNotFound).",
     "tenant_salt": "Audit salt for resource_ref of tenants without a saltSecretRef (secret).",
     "secrets_audience": "Audience the Secrets API requires in ServiceAccount tokens.",
     "vault_url": "Vault (or OpenBao) address for vault+kv2:// URIs.",

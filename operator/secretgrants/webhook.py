@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 import logging
 import random
@@ -18,10 +19,10 @@ import ssl
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
@@ -40,7 +41,7 @@ from secretgrants.admission import (
 from secretgrants.api.common import now
 from secretgrants.audit import Auditor, EventType
 from secretgrants.audit import Effect as AuditEffect
-from secretgrants.delivery import delivery_secret_name
+from secretgrants.delivery import DELIVERY_PREFIX, delivery_secret_name
 from secretgrants.metrics import Metrics
 from secretgrants.pki import new_ca
 from secretgrants.uses import release, reserve
@@ -97,6 +98,10 @@ def serving_cert(
     return ServingCert(cert_file, key_file, ca_pair.cert_pem)
 
 
+# Refusals that a fresh PDP decision can lift (when the grant's renewal is on).
+RENEWABLE_REFUSALS: Final = frozenset({"UsesExhausted", "GrantExpired"})
+
+
 class PodAdmission:
     """The checks and the use accounting, over a GrantStore."""
 
@@ -107,36 +112,102 @@ class PodAdmission:
         audience: str | None,
         auditor: Auditor | None = None,
         metrics: Metrics | None = None,
+        renew: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
         self.store = store
+        # Asks the PDP again for an exhausted or expired grant with renewal on; True when
+        # a fresh permit was written (the operator's renewal, called at the point of use).
+        self.renew = renew
         self.audience = audience
         self.auditor = auditor or Auditor()
         self.metrics = metrics or Metrics()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._latest: dict[tuple[str, str], dict[str, Any]] = {}
 
-    async def _audit(
+    async def _audit_pod(
         self,
         type_: EventType,
         effect: AuditEffect,
         reason: str,
         namespace: str,
-        grant: str | None,
-        pod: str,
-        service_account: str,
+        pod: Mapping[str, Any],
+        grant_name: str | None,
+        grant: Mapping[str, Any] | None,
+        correlation_id: str | None,
     ) -> None:
+        """One pod_admitted / pod_denied record, with what the grant's status knows."""
+        status = (grant or {}).get("status") or {}
+        spec = (grant or {}).get("spec") or {}
+        meta = pod.get("metadata") or {}
         await self.auditor.record(
             type=type_,
             effect=effect,
             reason=reason,
             grant_namespace=namespace,
-            grant_name=grant,
-            pod=pod,
-            subject=f"system:serviceaccount:{namespace}:{service_account}",
+            grant_name=grant_name,
+            grant_uid=((grant or {}).get("metadata") or {}).get("uid"),
+            pod=meta.get("name") or meta.get("generateName"),
+            subject=f"system:serviceaccount:{namespace}:{pod_service_account(pod)}",
+            tenant=status.get("tenant"),
+            purpose=spec.get("purpose", "read") if grant else None,
+            resource_ref=status.get("resourceRef"),
+            decision_id=(status.get("decision") or {}).get("id"),
+            correlation_id=correlation_id,
         )
 
     async def mutate(
-        self, pod: Mapping[str, Any], namespace: str, *, dry_run: bool
+        self,
+        pod: Mapping[str, Any],
+        namespace: str,
+        *,
+        dry_run: bool,
+        correlation_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The JSON patch that mounts the pod's grants, one use of each counted.
+
+        Every admission and refusal is audited (with the AdmissionReview uid as its
+        correlation id), except dry runs: they have no side effects, audit included.
+        """
+        grants: dict[str, dict[str, Any]] = {}
+        try:
+            patch = await self._mutate(
+                pod, namespace, grants, dry_run=dry_run, correlation_id=correlation_id
+            )
+        except AdmissionDenied as denied:
+            if not dry_run:
+                await self._audit_pod(
+                    EventType.POD_DENIED,
+                    AuditEffect.DENY,
+                    denied.reason,
+                    namespace,
+                    pod,
+                    denied.grant,
+                    grants.get(denied.grant or ""),
+                    correlation_id,
+                )
+            raise
+        if not dry_run:
+            for name, grant in grants.items():
+                await self._audit_pod(
+                    EventType.POD_ADMITTED,
+                    AuditEffect.PERMIT,
+                    "Admitted",
+                    namespace,
+                    pod,
+                    name,
+                    self._latest.get((namespace, name), grant),
+                    correlation_id,
+                )
+        return patch
+
+    async def _mutate(
+        self,
+        pod: Mapping[str, Any],
+        namespace: str,
+        grants: dict[str, dict[str, Any]],
+        *,
+        dry_run: bool,
+        correlation_id: str | None,
     ) -> list[dict[str, Any]]:
         names = requested_grants(pod)
         service_account = pod_service_account(pod)
@@ -144,6 +215,10 @@ class PodAdmission:
         mounts: list[GrantMount] = []
         for name in names:
             grant = await self.store.read_grant(namespace, name)
+            if not dry_run:
+                grant = await self._renewed_if_due(namespace, name, grant, service_account, at)
+            if grant is not None:
+                grants[name] = grant
             try:
                 check_grant_for_pod(name, grant, service_account, at)
             except AdmissionDenied as denied:
@@ -159,14 +234,54 @@ class PodAdmission:
         try:
             for name in names:
                 rid = uuid.uuid4().hex[:16]
-                await self._reserve(namespace, name, rid, service_account)
+                await self._reserve(namespace, name, rid, service_account, correlation_id)
                 reserved[name] = rid
         except BaseException:
             await asyncio.shield(self._release_all(namespace, reserved))
             raise
         return injection_patch(pod, mounts, reserved)
 
-    async def _reserve(self, namespace: str, name: str, rid: str, service_account: str) -> None:
+    async def _renewed_if_due(
+        self,
+        namespace: str,
+        name: str,
+        grant: dict[str, Any] | None,
+        service_account: str,
+        at: dt.datetime,
+    ) -> dict[str, Any] | None:
+        """The grant, renewed first when it is exhausted or expired and asks for renewal.
+
+        "Expired or exhausted grants force a fresh PDP check" (the seeds): a pod of the
+        bound ServiceAccount that finds its grant used up gets a new decision right
+        now, instead of a refusal while the renewal waits for its turn. Any other
+        refusal (another ServiceAccount, not Granted, ...) never asks the PDP.
+        """
+        if self.renew is None or grant is None:
+            return grant
+        try:
+            check_grant_for_pod(name, grant, service_account, at)
+            return grant
+        except AdmissionDenied as denied:
+            if denied.reason not in RENEWABLE_REFUSALS:
+                return grant
+        status = grant.get("status") or {}
+        if not ((grant.get("spec") or {}).get("renewal") or {}).get("enabled"):
+            return grant
+        if (status.get("binding") or {}).get("serviceAccountName") != service_account:
+            return grant
+        if not await self.renew(namespace, name):
+            return grant
+        self._latest.pop((namespace, name), None)  # start from the renewed object
+        return await self.store.read_grant(namespace, name)
+
+    async def _reserve(
+        self,
+        namespace: str,
+        name: str,
+        rid: str,
+        service_account: str,
+        correlation_id: str | None = None,
+    ) -> None:
         """Count one use: compare-and-swap on the grant's status.
 
         Admissions of one grant are serialised in this process (a lock per grant), and
@@ -205,7 +320,10 @@ class PodAdmission:
             grant_namespace=namespace,
             grant_name=name,
             tenant=status.get("tenant"),
+            purpose=(grant.get("spec") or {}).get("purpose", "read"),
             resource_ref=status.get("resourceRef"),
+            decision_id=(status.get("decision") or {}).get("id"),
+            correlation_id=correlation_id,
             subject=f"system:serviceaccount:{namespace}:{service_account}",
         )
 
@@ -253,13 +371,42 @@ class PodAdmission:
                     found.append((grant, str(_delivered(grant))))
         return found
 
-    async def validate(self, pod: Mapping[str, Any], namespace: str) -> None:
+    async def validate(
+        self,
+        pod: Mapping[str, Any],
+        namespace: str,
+        *,
+        dry_run: bool = False,
+        correlation_id: str | None = None,
+    ) -> None:
+        """Refuse (and audit) a pod that uses a delivery Secret the mutating webhook did not give it."""
+        grants: dict[str, dict[str, Any]] = {}
+        try:
+            await self._validate(pod, namespace, grants)
+        except AdmissionDenied as denied:
+            if dry_run:
+                raise
+            await self._audit_pod(
+                EventType.POD_DENIED,
+                AuditEffect.DENY,
+                denied.reason,
+                namespace,
+                pod,
+                denied.grant,
+                grants.get(denied.grant or ""),
+                correlation_id,
+            )
+            raise
+
+    async def _validate(
+        self, pod: Mapping[str, Any], namespace: str, grants: dict[str, dict[str, Any]]
+    ) -> None:
         """Refuse a pod that uses a delivery Secret the mutating webhook did not give it.
 
         Delivery Secrets are found through the grants' status (the operator has no
         right to read Secrets back), and only for pods that use an ``sg-`` Secret.
         """
-        candidates = {n for n in direct_secret_mounts(pod) if n.startswith("sg-")}
+        candidates = {n for n in direct_secret_mounts(pod) if n.startswith(DELIVERY_PREFIX)}
         if not candidates:
             return
         service_account = pod_service_account(pod)
@@ -271,6 +418,7 @@ class PodAdmission:
         for grant, secret_name in await self._delivering(namespace, candidates):
             status = grant.get("status") or {}
             name = str((grant.get("metadata") or {}).get("name"))
+            grants[name] = grant
             bound = (status.get("binding") or {}).get("serviceAccountName")
             if bound != service_account:
                 raise AdmissionDenied(
@@ -381,12 +529,16 @@ class WebhookServer:
         tracing.annotate(grant_namespace=namespace)
         try:
             if mutate:
-                patch = await self.admission.mutate(pod, namespace, dry_run=bool(req.get("dryRun")))
+                patch = await self.admission.mutate(
+                    pod, namespace, dry_run=bool(req.get("dryRun")), correlation_id=uid
+                )
                 body = _review_response(uid, patch=patch)
                 tracing.annotate(allowed=True)
                 log.info("pod %s/%s admitted with its grants", namespace, pod_name)
             else:
-                await self.admission.validate(pod, namespace)
+                await self.admission.validate(
+                    pod, namespace, dry_run=bool(req.get("dryRun")), correlation_id=uid
+                )
                 body = _review_response(uid)
                 tracing.annotate(allowed=True)
         except AdmissionDenied as denied:

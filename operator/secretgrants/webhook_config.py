@@ -5,9 +5,12 @@ Choices (explained in the README):
   without the check, and a pod must not mount a delivery Secret unchecked.
   The cost is that such pods cannot be created while the webhook is down.
 - The mutating webhook sees only pods that opt in (objectSelector on the
-  inject label); the validating webhook sees every pod, in every namespace
-  but the operator's own and kube-system, and is cheap for pods that use no
-  delivery Secret (no API call).
+  inject label); the validating webhook sees only pods that reference a
+  Secret named like a delivery Secret (``sg-*``) in a volume, a projected
+  source, ``env`` or ``envFrom`` of any container (a CEL matchCondition the
+  apiserver evaluates), in every namespace but the operator's own and
+  kube-system. So pods that use no delivery Secret never call the operator,
+  and keep being created while it is down.
 - sideEffects NoneOnDryRun: a dry-run admission counts no use.
 """
 
@@ -15,9 +18,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from secretgrants.admission import LABEL_INJECT
+from secretgrants.delivery import DELIVERY_PREFIX
 
 __all__ = ["MUTATE_PATH", "VALIDATE_PATH", "client_config", "mutating", "validating"]
 
@@ -108,6 +112,35 @@ def mutating(
     }
 
 
+def _references(item: str, has: str, name: str) -> str:
+    return f"has({item}.{has}) && has({item}.{has}.{name}) && {item}.{has}.{name}.startsWith('{DELIVERY_PREFIX}')"
+
+
+def _container_refs(kind: str) -> str:
+    env_from = _references("e", "secretRef", "name")
+    env = f"has(e.valueFrom) && {_references('e.valueFrom', 'secretKeyRef', 'name')}"
+    return (
+        f"(has(object.spec.{kind}) && object.spec.{kind}.exists(c, "
+        f"(has(c.envFrom) && c.envFrom.exists(e, {env_from})) || "
+        f"(has(c.env) && c.env.exists(e, {env}))))"
+    )
+
+
+# The pods whose validation matters: every place ``admission.direct_secret_mounts`` reads.
+USES_DELIVERY_SECRET: Final = " || ".join(
+    [
+        "(has(object.spec.volumes) && object.spec.volumes.exists(v, "
+        f"({_references('v', 'secret', 'secretName')}) || "
+        "(has(v.projected) && has(v.projected.sources) && v.projected.sources.exists(s, "
+        f"{_references('s', 'secret', 'name')}))))",
+        *(
+            _container_refs(kind)
+            for kind in ("containers", "initContainers", "ephemeralContainers")
+        ),
+    ]
+)
+
+
 def validating(
     name: str,
     client: dict[str, Any],
@@ -120,6 +153,7 @@ def validating(
     webhook = {
         "name": "pods.validate.secretgrants.io",
         "clientConfig": client,
+        "matchConditions": [{"name": "uses-delivery-secret", "expression": USES_DELIVERY_SECRET}],
         **_common(failure_policy, timeout_seconds, namespaces, operator_namespace),
     }
     return {

@@ -191,7 +191,7 @@ def test_guard_failure_never_asks_the_pdp(
     server = AuthZENServer(BuiltinPolicy.model_validate(E2E_POLICY), record_bodies=True)
     url = server.start()
     try:
-        start_operator_for(SECRETGRANTS_PDP="authzen", SECRETGRANTS_PDP_URL=url)
+        op = start_operator_for(SECRETGRANTS_PDP="authzen", SECRETGRANTS_PDP_URL=url)
         apply(cluster, grant("elsewhere", ns, "vault+kv2://finance/ledger#key"))
         wait_phase(cluster, "elsewhere", ns, "Rejected")
         apply(cluster, grant("fine", ns, URI))
@@ -201,6 +201,13 @@ def test_guard_failure_never_asks_the_pdp(
         sent = evaluations[0].body or b""
         assert b"secret/e2e/db" in sent and b"finance" not in sent
         assert SECRET_VALUE.encode() not in sent  # the PDP never sees a value
+        # The PDP's X-Request-ID is the audit's correlation id: a PDP log line and the
+        # operator's audit record of the same decision can be joined.
+        decisions = [
+            e for e in op.audit_events() if e["type"] == "decision" and e["grant_name"] == "fine"
+        ]
+        assert decisions and decisions[-1]["correlation_id"] == evaluations[0].request_id
+        assert json.loads(sent)["context"]["correlation_id"] == evaluations[0].request_id
     finally:
         server.stop()
 

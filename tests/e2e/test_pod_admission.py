@@ -287,6 +287,27 @@ def test_renewal_asks_again_and_delivers_the_rotated_value(
     eventually(restarted, timeout=10)
 
 
+def test_an_exhausted_grant_with_renewal_admits_the_next_pod_with_a_fresh_decision(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess
+) -> None:
+    ns = ready_namespace
+    first = granted(cluster, ns, maxUses=1, renewal={"enabled": True, "beforeExpirySeconds": 30})[
+        "status"
+    ]
+    ok, err = create_pod(cluster, ns, pod("one"))
+    assert ok, err
+    # The only use is spent; the next pod of the bound ServiceAccount makes the webhook
+    # ask the PDP again right then (the seeds: exhausted grants force a fresh check).
+    ok, err = create_pod(cluster, ns, pod("two"))
+    assert ok, err
+    st = get(cluster, "sgr", "db", ns)["status"]
+    assert st["decision"]["id"] != first["decision"]["id"]
+    assert st["usesConsumed"] == 1 and st["phase"] in {"Granted", "Exhausted"}
+    # A pod of another ServiceAccount never triggers a renewal: it is refused as before.
+    ok, err = create_pod(cluster, ns, pod("three", sa="other"))
+    assert not ok and ("bound to ServiceAccount" in err or "no uses left" in err)
+
+
 def test_deleting_a_live_grant_blanks_then_removes_it(
     cluster: Cluster, ready_namespace: str, operator: OperatorProcess
 ) -> None:

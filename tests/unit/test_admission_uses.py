@@ -98,6 +98,9 @@ def test_injection_patch_adds_volume_mounts_and_reservations() -> None:
     volume = ops[1]["value"]
     assert volume["name"] == "sg-db"
     assert volume["projected"]["sources"][0]["secret"]["name"] == "sg-db-1234"
+    # optional: the kubelet then removes the files when the Secret is emptied at expiry
+    # (with optional: false it fails the update and keeps the old value in the pod).
+    assert volume["projected"]["sources"][0]["secret"]["optional"] is True
     assert [i["key"] for i in volume["projected"]["sources"][0]["secret"]["items"]] == [
         "password",
         "user",

@@ -40,3 +40,20 @@ def test_expiry_is_relative() -> None:
     }
     text = explain(grant, NOW)
     assert "(in 60s)" in text and "1 consumed, unlimited left" in text
+
+
+def test_granted_grant_without_a_guard_condition_passed_the_guard() -> None:
+    # A Granted status records the tenant but no TenantGuardPassed condition.
+    grant = {
+        "metadata": {"name": "db", "namespace": "ns"},
+        "status": {"phase": "Granted", "tenant": "acme", "conditions": []},
+    }
+    assert "tenant:     acme (guard passed)" in explain(grant, NOW)
+    failed = {
+        "metadata": {"name": "db", "namespace": "ns"},
+        "status": {
+            "phase": "Rejected",
+            "conditions": [{"type": "TenantGuardPassed", "status": "False"}],
+        },
+    }
+    assert "tenant:     - (guard failed)" in explain(failed, NOW)

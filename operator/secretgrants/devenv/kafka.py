@@ -111,8 +111,8 @@ class KafkaServer:
                     self._classpath(),
                     "kafka.tools.StorageTool",
                     "format",
-                    "--cluster-id",
-                    self.cluster_id,
+                    # "=": a base64url id may start with "-", which argparse reads as a flag
+                    f"--cluster-id={self.cluster_id}",
                     "--config",
                     str(self.config_path),
                 ],

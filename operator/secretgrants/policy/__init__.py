@@ -20,6 +20,7 @@ from secretgrants.policy._http import HTTPOptions
 from secretgrants.policy.authzen import AuthZENClient
 from secretgrants.policy.base import FailClosedPDP, PolicyDecisionPoint, unavailable
 from secretgrants.policy.builtin import BuiltinPDP, BuiltinPolicy, PolicyFileError
+from secretgrants.policy.coalesce import CoalescingPDP
 from secretgrants.policy.model import (
     KNOWN_OBLIGATIONS,
     AccessRequest,
@@ -43,6 +44,7 @@ __all__ = [
     "AuthZENServer",
     "BuiltinPDP",
     "BuiltinPolicy",
+    "CoalescingPDP",
     "Decision",
     "Effect",
     "Enforcement",
@@ -88,7 +90,10 @@ def build_pdp(settings: Settings, *, http: HTTPOptions | None = None) -> PolicyD
     if not settings.pdp_url:
         raise PDPConfigError(f"SECRETGRANTS_PDP={kind.value} needs SECRETGRANTS_PDP_URL")
     if kind is PDPKind.AUTHZEN:
-        return AuthZENClient(settings.pdp_url, http=options)
+        client = AuthZENClient(settings.pdp_url, http=options)
+        if settings.pdp_max_batch <= 1:
+            return client
+        return CoalescingPDP(client, max_batch=settings.pdp_max_batch)
     if kind is PDPKind.OPA:
         try:
             return OPAClient(settings.pdp_url, path=settings.opa_decision_path, http=options)

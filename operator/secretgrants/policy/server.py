@@ -299,6 +299,18 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         payload = json.dumps(body, separators=(",", ":")).encode()
         request_id = self.headers.get("X-Request-ID")
+        # Recorded before the answer is written: a client that has its answer can rely on
+        # finding its request in ``requests`` (tests read it right after the call).
+        self.server.owner.record(
+            ServedRequest(
+                method=self.command,
+                path=self.path.split("?", 1)[0][:200],
+                status=int(status),
+                request_id=request_id,
+                traceparent=self.headers.get("traceparent"),
+                body=self._raw_body if self.server.owner.record_bodies else None,
+            )
+        )
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -311,16 +323,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
-        self.server.owner.record(
-            ServedRequest(
-                method=self.command,
-                path=self.path.split("?", 1)[0][:200],
-                status=int(status),
-                request_id=request_id,
-                traceparent=self.headers.get("traceparent"),
-                body=self._raw_body if self.server.owner.record_bodies else None,
-            )
-        )
 
 
 class AuthZENServer:

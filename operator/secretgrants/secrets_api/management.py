@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from secretgrants import tracing
-from secretgrants.audit import Auditor, EventType, resource_ref
+from secretgrants.audit import Auditor, EventType, current_correlation_id, resource_ref
 from secretgrants.audit import Effect as AuditEffect
 from secretgrants.errors import (
     GuardError,
@@ -151,7 +151,9 @@ class Manager:
 
     async def run(self, caller: Caller, call: ManagementCall) -> dict[str, Any]:
         """The response body of one permitted, carried-out operation."""
-        ctx = _Audit(caller, call.operation, correlation_id=str(uuid.uuid4()))
+        ctx = _Audit(
+            caller, call.operation, correlation_id=current_correlation_id() or str(uuid.uuid4())
+        )
         try:
             body = await self._run(caller, call, ctx)
         except Problem as problem:

@@ -26,7 +26,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from secretgrants import tracing
-from secretgrants.audit import Auditor, EventType
+from secretgrants.audit import Auditor, EventType, correlated
 from secretgrants.audit import Effect as AuditEffect
 from secretgrants.dpop import DPoPError, DPoPProof, verify_proof
 from secretgrants.metrics import Metrics
@@ -273,11 +273,14 @@ class SecretsAPI:
     # -- grant reads -----------------------------------------------------------------
 
     async def _read(self, request: web.Request) -> web.Response:
-        with tracing.span(
-            tracing.SPAN_SECRETS_API,
-            grant_namespace=request.match_info["namespace"],
-            grant_name=request.match_info["name"],
-            operation="read",
+        with (
+            correlated(request.headers.get("X-Request-ID")),
+            tracing.span(
+                tracing.SPAN_SECRETS_API,
+                grant_namespace=request.match_info["namespace"],
+                grant_name=request.match_info["name"],
+                operation="read",
+            ),
         ):
             return await self._serve_read(request)
 
@@ -340,7 +343,10 @@ class SecretsAPI:
         operation: Operation,
     ) -> web.Response:
         """Authenticate, parse, check the scope, carry out: the shape of every management route."""
-        with tracing.span(tracing.SPAN_SECRETS_API, operation=operation.value):
+        with (
+            correlated(request.headers.get("X-Request-ID")),
+            tracing.span(tracing.SPAN_SECRETS_API, operation=operation.value),
+        ):
             return await self._serve_manage(request, parse, operation)
 
     async def _serve_manage(

@@ -139,7 +139,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     if "stdout" in cfg.audit_sinks:
         sinks.append(StdoutSink())
     if "events" in cfg.audit_sinks:
-        sinks.append(KubeEventSink())
+        memo.audit_events = KubeEventSink(memo.kube)
+        sinks.append(memo.audit_events)
     memo.audit_kafka = None
     if "kafka" in cfg.audit_sinks and cfg.kafka_bootstrap:
         memo.audit_kafka = KafkaSink(
@@ -252,6 +253,8 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await memo.providers.close()
     if memo.get("audit_kafka") is not None:
         await memo.audit_kafka.stop(timeout=KAFKA_FLUSH_SECONDS)
+    if memo.get("audit_events") is not None:
+        await memo.audit_events.flush()  # Events still being posted, before the clients close
     for name in ("kube", "front"):
         if memo.get(name) is not None:
             memo[name].close()
@@ -635,7 +638,7 @@ async def settle_uses(name: str | None, namespace: str | None, memo: kopf.Memo, 
         await _settle_uses(memo, namespace or "", name or "")
 
 
-@kopf.on.delete(*GRANTS, when=_is_live)
+@kopf.on.delete(*GRANTS)
 @correlated_handler
 async def revoke_on_delete(
     name: str | None,
@@ -645,8 +648,15 @@ async def revoke_on_delete(
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    """A deleted live grant is revoked first: its Secret is blanked before GC removes it."""
+    """A deleted live grant is revoked first: its Secret is blanked before GC removes it.
+
+    Registered for every grant (no ``when`` filter), so kopf puts its finalizer on a
+    grant when it is created, before anything is delivered: a grant deleted right
+    after it was granted is still blanked first.
+    """
     namespace, name = namespace or "", name or ""
+    if status.get("phase") not in LIVE_PHASES:
+        return  # nothing was delivered, or it was already taken back
     with tracing.span(
         tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger="revoke"
     ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -54,6 +55,35 @@ class KubeClient:
 
     async def _run(self, call: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def post_event(
+        self, involved: dict[str, str], *, type_: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event about ``involved`` (apiVersion, kind, name, namespace, uid)."""
+        stamp = dt.datetime.now(dt.UTC)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{involved['name']}.",
+                "namespace": involved["namespace"],
+            },
+            "involvedObject": involved,
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "source": {"component": "secretgrants"},
+            "reportingComponent": "secretgrants.io/operator",
+            "reportingInstance": "secretgrants",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+
+        def call() -> None:
+            self._core.create_namespaced_event(involved["namespace"], body)
+
+        await self._run(call)
 
     async def service_account_uid(self, namespace: str, name: str) -> str | None:
         def call() -> str | None:

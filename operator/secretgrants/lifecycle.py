@@ -212,7 +212,12 @@ class Tending:
         given_up = self._given_up.get(key)
         if renewal_due(spec, status, now=current, given_up_for=given_up):
             uid = str((raw.get("metadata") or {}).get("uid") or "")
-            if await _renew(memo, body, namespace, name, uid, self._indexes, self._authorize):
+            locks: dict[Key, asyncio.Lock] = memo.setdefault("renew_locks", {})  # with admission
+            async with locks.setdefault(key, asyncio.Lock()):
+                renewed = await _renew(
+                    memo, body, namespace, name, uid, self._indexes, self._authorize
+                )
+            if renewed:
                 return time.time() + RENEWED_LOOK_AGAIN_SECONDS  # the watch brings the rest
             given_up = self._given_up[key] = str(status.get("expiresAt"))
         deadline = next_deadline(spec, status, now=current, given_up_for=given_up)
@@ -412,7 +417,7 @@ async def renew_now(memo: kopf.Memo, namespace: str, name: str, authorize: Autho
     Re-reads the grant under the lock, so a renewal that another admission (or the
     scheduler) finished meanwhile is reused instead of asking the PDP twice.
     """
-    locks: dict[tuple[str, str], asyncio.Lock] = memo.renew_locks
+    locks: dict[tuple[str, str], asyncio.Lock] = memo.setdefault("renew_locks", {})
     async with locks.setdefault((namespace, name), asyncio.Lock()):
         grant = await memo.kube.read_grant(namespace, name)
         if grant is None:

@@ -292,10 +292,20 @@ class PodAdmission:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             grant = self._latest.pop(key, None)
+            cached = grant is not None
             for attempt in range(MAX_CAS_ATTEMPTS):
                 if grant is None:
                     grant = await self.store.read_grant(namespace, name)
-                check_grant_for_pod(name, grant, service_account, now())
+                try:
+                    check_grant_for_pod(name, grant, service_account, now())
+                except AdmissionDenied:
+                    if not cached:
+                        raise
+                    # The object our last write returned may be stale (a renewal or the
+                    # use settling wrote since): refuse only on what the apiserver says now.
+                    grant, cached = None, False
+                    continue
+                cached = False
                 assert grant is not None
                 meta = grant.get("metadata") or {}
                 status = reserve(grant.get("status") or {}, rid, generation=meta.get("generation"))

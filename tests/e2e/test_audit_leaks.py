@@ -172,6 +172,22 @@ def test_every_event_type_with_every_field_and_no_leak_in_any_output(
     assert not missing, sorted(missing)
     by_id = {e["event_id"]: e for e in events}
 
+    # --- short Events on the grants, from every part of the operator ---------------------
+    # (kopf handlers, pod admission, the expiry scheduler, the use settling)
+    def posted() -> set[str]:
+        items = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)
+        reasons = {
+            e["reason"]
+            for e in items["items"]
+            if e["involvedObject"]["kind"] == "SecretGrantRequest"
+        }
+        wanted = {"Decision", "DeliveryWritten", "PodAdmitted", "PodDenied", "UseReleased"}
+        wanted |= {"Renewed", "Expired", "Revoked", "GuardRejected", "ProviderError"}
+        assert wanted <= reasons, sorted(wanted - reasons)
+        return reasons
+
+    eventually(posted, timeout=20, interval=0.5)
+
     # --- the same events on Kafka ----------------------------------------------------------
     messages = read_topic(kafka.bootstrap, topic, lambda got: len(got) >= len(events), timeout=30)
     assert {m["event"]["event_id"] for m in messages} >= set(by_id)

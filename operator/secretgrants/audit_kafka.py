@@ -14,6 +14,11 @@ a deadline.
 
 Messages are ``AuditEvent.to_json()``, keyed by ``<grant namespace>/<grant name>``
 so that the events of one grant stay in order on one partition.
+
+The producer speaks PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; its TLS context
+is built when the factory is made, so an unreadable CA or key fails the
+operator's start rather than every send. A rejected login is one more failed
+send: retried with backoff, logged by exception type, never with the password.
 """
 
 from __future__ import annotations
@@ -21,14 +26,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Final, Protocol
+
+from pydantic import SecretStr
 
 from secretgrants.audit import AuditEvent
 from secretgrants.metrics import Metrics
 
-__all__ = ["KafkaSink", "Producer", "QuietRepeats", "aiokafka_producer", "event_key"]
+__all__ = [
+    "KafkaSink",
+    "Producer",
+    "QuietRepeats",
+    "aiokafka_producer",
+    "event_key",
+    "security_kwargs",
+]
 
 log = logging.getLogger("secretgrants.audit.kafka")
 
@@ -79,8 +95,67 @@ class Producer(Protocol):
 ProducerFactory = Callable[[], Producer]
 
 
-def aiokafka_producer(bootstrap: str, *, request_timeout_ms: int = 10_000) -> ProducerFactory:
-    """A factory of aiokafka producers for ``bootstrap`` (comma-separated host:port)."""
+_TLS_PROTOCOLS: Final = frozenset({"SSL", "SASL_SSL"})
+_SASL_PROTOCOLS: Final = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
+
+
+def security_kwargs(
+    security_protocol: str = "PLAINTEXT",
+    *,
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    sasl_mechanism: str | None = None,
+    sasl_username: str | None = None,
+    sasl_password: SecretStr | None = None,
+) -> dict[str, Any]:
+    """aiokafka's security arguments: the TLS context (made here) and the SASL login.
+
+    The combinations are the settings' to check; this only refuses what aiokafka
+    could not use (a SASL protocol without a mechanism and a login).
+    """
+    kwargs: dict[str, Any] = {"security_protocol": security_protocol}
+    if security_protocol in _TLS_PROTOCOLS:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if cert_file is not None:
+            context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+        kwargs["ssl_context"] = context
+    if security_protocol in _SASL_PROTOCOLS:
+        if not (sasl_mechanism and sasl_username and sasl_password):
+            raise ValueError(f"{security_protocol} needs a SASL mechanism, username and password")
+        kwargs |= {
+            "sasl_mechanism": sasl_mechanism,
+            "sasl_plain_username": sasl_username,
+            "sasl_plain_password": sasl_password.get_secret_value(),
+        }
+    return kwargs
+
+
+def aiokafka_producer(
+    bootstrap: str,
+    *,
+    request_timeout_ms: int = 10_000,
+    security_protocol: str = "PLAINTEXT",
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    sasl_mechanism: str | None = None,
+    sasl_username: str | None = None,
+    sasl_password: SecretStr | None = None,
+) -> ProducerFactory:
+    """A factory of aiokafka producers for ``bootstrap`` (comma-separated host:port).
+
+    The TLS context is made now (a bad CA, certificate or key raises here, at start).
+    """
+    security = security_kwargs(
+        security_protocol,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+        sasl_mechanism=sasl_mechanism,
+        sasl_username=sasl_username,
+        sasl_password=sasl_password,
+    )
 
     def make() -> Producer:
         from aiokafka import AIOKafkaProducer
@@ -93,6 +168,7 @@ def aiokafka_producer(bootstrap: str, *, request_timeout_ms: int = 10_000) -> Pr
             linger_ms=5,
             request_timeout_ms=request_timeout_ms,
             retry_backoff_ms=200,
+            **security,
         )
         return producer
 

@@ -144,7 +144,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     memo.audit_kafka = None
     if "kafka" in cfg.audit_sinks and cfg.kafka_bootstrap:
         memo.audit_kafka = KafkaSink(
-            aiokafka_producer(cfg.kafka_bootstrap),
+            aiokafka_producer(
+                cfg.kafka_bootstrap,
+                security_protocol=cfg.kafka_security_protocol.value,
+                ca_file=cfg.kafka_ca_file,
+                cert_file=cfg.kafka_cert_file,
+                key_file=cfg.kafka_key_file,
+                sasl_mechanism=cfg.kafka_sasl_mechanism,
+                sasl_username=cfg.kafka_sasl_username,
+                sasl_password=cfg.kafka_sasl_password,
+            ),
             cfg.kafka_topic,
             buffer_size=cfg.kafka_buffer_size,
             metrics=memo.metrics,

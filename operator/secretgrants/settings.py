@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["PDPKind", "Settings", "VaultAuthMethod"]
+__all__ = ["KafkaSaslMechanism", "KafkaSecurityProtocol", "PDPKind", "Settings", "VaultAuthMethod"]
 
 
 class PDPKind(StrEnum):
@@ -29,6 +29,27 @@ class VaultAuthMethod(StrEnum):
     KUBERNETES = "kubernetes"
 
 
+class KafkaSecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+    @property
+    def tls(self) -> bool:
+        return self in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL)
+
+    @property
+    def sasl(self) -> bool:
+        return self in (KafkaSecurityProtocol.SASL_PLAINTEXT, KafkaSecurityProtocol.SASL_SSL)
+
+
+class KafkaSaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
 def _split(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -38,7 +59,11 @@ def _split(value: object) -> object:
 class Settings(BaseSettings):
     """The operator's configuration. Secrets (tokens, salts) are ``SecretStr``: never printed."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # hide_input_in_errors: a validation error would otherwise print the environment it
+    # read, tokens and passwords included.
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", hide_input_in_errors=True
+    )
 
     dev_mode: bool = Field(
         default=False,
@@ -285,6 +310,45 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SECRETGRANTS_KAFKA_BUFFER", "kafka_buffer_size"),
         description="Audit events held while Kafka is slow or away; past it new ones are dropped and counted.",
     )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        default=KafkaSecurityProtocol.PLAINTEXT,
+        validation_alias=AliasChoices(
+            "SECRETGRANTS_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol"
+        ),
+        description="PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS).",
+    )
+    kafka_ca_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETGRANTS_KAFKA_CA_FILE", "kafka_ca_file"),
+        description="CA bundle that verifies the brokers (SSL, SASL_SSL); the system CAs when unset.",
+    )
+    kafka_cert_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETGRANTS_KAFKA_CERT_FILE", "kafka_cert_file"),
+        description="Client certificate (PEM) for mTLS to the brokers (SSL, SASL_SSL); "
+        "with SECRETGRANTS_KAFKA_KEY_FILE.",
+    )
+    kafka_key_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETGRANTS_KAFKA_KEY_FILE", "kafka_key_file"),
+        description="Unencrypted private key (PEM) of SECRETGRANTS_KAFKA_CERT_FILE.",
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETGRANTS_KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism"),
+        description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; required with SASL_PLAINTEXT "
+        "and SASL_SSL.",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETGRANTS_KAFKA_SASL_USERNAME", "kafka_sasl_username"),
+        description="SASL user of the kafka audit sink.",
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SECRETGRANTS_KAFKA_SASL_PASSWORD", "kafka_sasl_password"),
+        description="SASL password of the kafka audit sink (secret).",
+    )
     metrics_port: int = Field(
         default=9090,
         ge=0,
@@ -350,6 +414,47 @@ class Settings(BaseSettings):
     def _kafka_needs_brokers(self) -> Settings:
         if "kafka" in self.audit_sinks and not self.kafka_bootstrap:
             raise ValueError("SECRETGRANTS_AUDIT_SINKS has kafka: set SECRETGRANTS_KAFKA_BOOTSTRAP")
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_security_is_whole(self) -> Settings:
+        """Each protocol gets exactly the settings it uses: a half-set one fails at start."""
+        protocol = self.kafka_security_protocol
+        named = f"SECRETGRANTS_KAFKA_SECURITY_PROTOCOL={protocol.value}"
+        sasl = {
+            "SECRETGRANTS_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "SECRETGRANTS_KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+            "SECRETGRANTS_KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
+        }
+        tls = {
+            "SECRETGRANTS_KAFKA_CA_FILE": self.kafka_ca_file,
+            "SECRETGRANTS_KAFKA_CERT_FILE": self.kafka_cert_file,
+            "SECRETGRANTS_KAFKA_KEY_FILE": self.kafka_key_file,
+        }
+        if protocol.sasl:
+            missing = [env for env, value in sasl.items() if not value]
+            if missing:
+                raise ValueError(f"{named} needs {', '.join(missing)}")
+        else:
+            extra = [env for env, value in sasl.items() if value]
+            if extra:
+                raise ValueError(
+                    f"{', '.join(extra)} set, but {named} uses no SASL "
+                    "(SASL_PLAINTEXT or SASL_SSL does)"
+                )
+        if not protocol.tls:
+            extra = [env for env, value in tls.items() if value]
+            if extra:
+                raise ValueError(
+                    f"{', '.join(extra)} set, but {named} uses no TLS (SSL or SASL_SSL does)"
+                )
+        if bool(self.kafka_cert_file) != bool(self.kafka_key_file):
+            raise ValueError(
+                "SECRETGRANTS_KAFKA_CERT_FILE and SECRETGRANTS_KAFKA_KEY_FILE go together (mTLS)"
+            )
+        for env, path in tls.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{env}: no such file {path}")
         return self
 
 

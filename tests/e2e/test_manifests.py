@@ -232,3 +232,46 @@ def test_helm_chart_lints_renders_and_is_accepted(cluster: Cluster, operator_rba
     for crd in ("secretgrantrequests.secretgrants.io.yaml", "secrettenants.secretgrants.io.yaml"):
         chart_crd = REPO / "charts" / "secretgrants" / "crds" / crd
         assert chart_crd.read_text() == (REPO / "crds" / crd).read_text(), f"{crd}: run make crds"
+
+
+def test_helm_kafka_tls_and_sasl_password_from_a_secret() -> None:
+    """The Kafka sink's TLS files come from a mounted Secret, the SASL password by secretKeyRef."""
+    rendered = _helm(
+        "template",
+        "sg",
+        str(REPO / "charts" / "secretgrants"),
+        "--kube-version",
+        "1.36.0",
+        "--set",
+        "audit.sinks={stdout,kafka}",
+        "--set",
+        "audit.kafka.bootstrap=kafka.kafka.svc:9093",
+        "--set",
+        "audit.kafka.securityProtocol=SASL_SSL",
+        "--set",
+        "audit.kafka.tls.secret=kafka-ca",
+        "--set",
+        "audit.kafka.sasl.mechanism=SCRAM-SHA-512",
+        "--set",
+        "audit.kafka.sasl.username=audit",
+        "--set",
+        "audit.kafka.sasl.passwordSecret=kafka-audit",
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SECRETGRANTS_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+    assert env["SECRETGRANTS_KAFKA_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
+    assert env["SECRETGRANTS_KAFKA_SASL_USERNAME"]["value"] == "audit"
+    assert env["SECRETGRANTS_KAFKA_SASL_PASSWORD"] == {
+        "name": "SECRETGRANTS_KAFKA_SASL_PASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": "kafka-audit", "key": "password"}},
+    }
+    ca = env["SECRETGRANTS_KAFKA_CA_FILE"]["value"]
+    assert "SECRETGRANTS_KAFKA_CERT_FILE" not in env  # no client certificate asked for
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "kafka-tls")
+    assert ca == f"{mount['mountPath']}/ca.crt" and mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == "kafka-tls")
+    assert volume["secret"]["secretName"] == "kafka-ca"

@@ -4,6 +4,11 @@
 main classes directly (``kafka.tools.StorageTool format``, then ``kafka.Kafka``)
 with a small heap, as the distribution's shell scripts would. A stopped server
 can be started again on the same ports with its data (a broker coming back).
+
+Given ``scram_users``, the broker also listens SASL_SSL on a second port: TLS
+with a certificate for 127.0.0.1/localhost from a CA of its own (``ca_file``),
+in a PEM keystore (an unencrypted PKCS#8 key and the chain, one file), and
+SCRAM-SHA-256 for those users, created when the storage is formatted.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from secretgrants.devenv.processes import ManagedProcess, ServerStartError, free_port, tools_bin
+from secretgrants.pki import new_ca
 
 __all__ = ["KafkaServer", "java", "kafka_libs"]
 
@@ -55,13 +62,46 @@ def java() -> Path:
 class KafkaServer:
     """One KRaft node (``process.roles=broker,controller``) with a single-replica setup."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    SCRAM_MECHANISM = "SCRAM-SHA-256"
+
+    def __init__(
+        self, workdir: Path | None = None, *, scram_users: Mapping[str, str] | None = None
+    ) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="sg-kafka-"))
         self.port = free_port()
         self.controller_port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        self.scram_users = dict(scram_users or {})
+        self.sasl_ssl_port: int | None = free_port() if self.scram_users else None
         self._proc: ManagedProcess | None = None
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """``127.0.0.1:<port>`` of the SASL_SSL listener (only with ``scram_users``)."""
+        if self.sasl_ssl_port is None:
+            raise RuntimeError("this broker has no SASL_SSL listener (no scram_users)")
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA bundle that verifies the SASL_SSL listener's certificate."""
+        return self.workdir / "tls" / "ca.crt"
+
+    @property
+    def _keystore(self) -> Path:
+        return self.workdir / "tls" / "server.pem"
+
+    def _write_tls(self) -> None:
+        """A CA and a server certificate for 127.0.0.1/localhost, once per workdir."""
+        if self._keystore.exists():
+            return
+        self._keystore.parent.mkdir(parents=True, exist_ok=True)
+        ca = new_ca("secretgrants test kafka CA")
+        server = ca.issue("127.0.0.1", dns_names=("localhost",), ips=("127.0.0.1",), server=True)
+        self.ca_file.write_bytes(ca.cert_pem)
+        self._keystore.write_bytes(server.key_pem + server.cert_pem + ca.cert_pem)
+        self._keystore.chmod(0o600)
 
     @property
     def config_path(self) -> Path:
@@ -92,6 +132,20 @@ class KafkaServer:
             "num.network.threads": "2",
             "num.io.threads": "2",
         }
+        if self.sasl_ssl_port is not None:
+            self._write_tls()
+            props["listeners"] += f",SASL_SSL://{self.sasl_ssl_bootstrap}"
+            props["advertised.listeners"] += f",SASL_SSL://{self.sasl_ssl_bootstrap}"
+            props["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
+            props |= {
+                "sasl.enabled.mechanisms": self.SCRAM_MECHANISM,
+                "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                ),
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": str(self._keystore),
+                "ssl.client.auth": "none",
+            }
         self.config_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
     def _classpath(self) -> str:
@@ -115,6 +169,7 @@ class KafkaServer:
                     f"--cluster-id={self.cluster_id}",
                     "--config",
                     str(self.config_path),
+                    *self._scram_args(),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -124,7 +179,15 @@ class KafkaServer:
             )
         if proc.returncode != 0:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+            for password in self.scram_users.values():  # the tool may echo its arguments
+                tail = tail.replace(password, "***")
             raise ServerStartError(f"kafka storage format failed ({proc.returncode}):\n{tail}")
+
+    def _scram_args(self) -> list[str]:
+        args: list[str] = []
+        for name, password in self.scram_users.items():
+            args += ["--add-scram", f"{self.SCRAM_MECHANISM}=[name={name},password={password}]"]
+        return args
 
     def start(self, timeout: float = 90.0) -> KafkaServer:
         self._write_config()
@@ -149,8 +212,10 @@ class KafkaServer:
 
     def _healthy(self) -> bool:
         """The listener accepts, and the broker answers metadata naming itself."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
-            pass
+        for port in (self.port, self.sasl_ssl_port):
+            if port is not None:
+                with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                    pass
         with ThreadPoolExecutor(max_workers=1) as pool:  # its own loop, whoever calls
             return pool.submit(asyncio.run, self._describe()).result(timeout=10.0)
 

@@ -95,7 +95,12 @@ class Scheduler:
             now = self._clock()
             if self._sweep is not None and now >= self._next_sweep:
                 self._next_sweep = now + self._sweep_interval
-                for key in self._sweep():
+                try:
+                    due = list(self._sweep())
+                except Exception:  # the loop must outlive a bad sweep: expiry depends on it
+                    log.exception("the sweep of live grants failed; trying at the next one")
+                    due = []
+                for key in due:
                     self.schedule(key, now)
             free = self._concurrency - len(self._in_flight)
             for key in self._heap.pop_due(now, limit=free) if free > 0 else []:

@@ -124,6 +124,25 @@ class PodAdmission:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._latest: dict[tuple[str, str], dict[str, Any]] = {}
 
+    async def _audit_denied(
+        self,
+        denied: AdmissionDenied,
+        namespace: str,
+        pod: Mapping[str, Any],
+        grants: Mapping[str, dict[str, Any]],
+        correlation_id: str | None,
+    ) -> None:
+        await self._audit_pod(
+            EventType.POD_DENIED,
+            AuditEffect.DENY,
+            denied.reason,
+            namespace,
+            pod,
+            denied.grant,
+            grants.get(denied.grant or ""),
+            correlation_id,
+        )
+
     async def _audit_pod(
         self,
         type_: EventType,
@@ -175,16 +194,7 @@ class PodAdmission:
             )
         except AdmissionDenied as denied:
             if not dry_run:
-                await self._audit_pod(
-                    EventType.POD_DENIED,
-                    AuditEffect.DENY,
-                    denied.reason,
-                    namespace,
-                    pod,
-                    denied.grant,
-                    grants.get(denied.grant or ""),
-                    correlation_id,
-                )
+                await self._audit_denied(denied, namespace, pod, grants, correlation_id)
             raise
         if not dry_run:
             for name, grant in grants.items():
@@ -394,18 +404,8 @@ class PodAdmission:
         try:
             await self._validate(pod, namespace, grants)
         except AdmissionDenied as denied:
-            if dry_run:
-                raise
-            await self._audit_pod(
-                EventType.POD_DENIED,
-                AuditEffect.DENY,
-                denied.reason,
-                namespace,
-                pod,
-                denied.grant,
-                grants.get(denied.grant or ""),
-                correlation_id,
-            )
+            if not dry_run:
+                await self._audit_denied(denied, namespace, pod, grants, correlation_id)
             raise
 
     async def _validate(

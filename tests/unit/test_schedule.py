@@ -292,6 +292,26 @@ async def test_the_sweep_runs_periodically_and_its_keys_are_tended_at_once() -> 
         await scheduler.stop()
 
 
+async def test_a_failing_sweep_does_not_stop_expiry() -> None:
+    tend = FakeTend()
+    sweeps: list[int] = []
+
+    def sweep() -> list[Key]:
+        sweeps.append(1)
+        if len(sweeps) == 1:
+            raise RuntimeError("an index changed under the sweep")
+        return []
+
+    scheduler = Scheduler(tend, sweep=sweep, sweep_interval=0.02)
+    scheduler.start()
+    try:
+        await until(lambda: len(sweeps) >= 2, timeout=2)  # the loop survived the first
+        scheduler.schedule(k("expires"), time.time())
+        await until(lambda: tend.calls == [k("expires")], timeout=2)
+    finally:
+        await scheduler.stop()
+
+
 async def test_stop_cancels_the_loop_and_actions_in_flight() -> None:
     tend = FakeTend(delay=3600)
     scheduler = Scheduler(tend)

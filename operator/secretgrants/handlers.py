@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,38 +17,30 @@ import kopf
 
 from secretgrants import tracing
 from secretgrants.admission import LABEL_INJECT, reservation_ids
-from secretgrants.api.common import GROUP, VERSION, ConditionStatus, now, set_condition
-from secretgrants.api.grant import DeliveryMode, SecretGrantRequestSpec
+from secretgrants.api.common import GROUP, VERSION, ConditionStatus, set_condition
+from secretgrants.api.grant import SecretGrantRequestSpec
 from secretgrants.audit import (
     Auditor,
     EventType,
     MemorySink,
     correlated_handler,
-    current_correlation_id,
-    resource_ref,
 )
 from secretgrants.audit import Effect as AuditEffect
 from secretgrants.audit_kafka import KafkaSink, aiokafka_producer
 from secretgrants.audit_sinks import KubeEventSink, StdoutSink
-from secretgrants.delivery import ANNOTATION_STATE, delivery_secret, select_keys
+from secretgrants.delivery import ANNOTATION_STATE
 from secretgrants.diagnostics import DiagnosticsServer
 from secretgrants.errors import SecretGrantsError
 from secretgrants.grants import (
     LIVE_PHASES,
-    GuardOutcome,
-    access_request,
     check_request,
-    decided_status,
     failure_status,
-    granted_status,
-    guard_passed_status,
     parse_conditions,
     revoked_status,
     settled,
 )
 from secretgrants.kube import IO_THREADS, KubeClient
 from secretgrants.lifecycle import (
-    Outcome,
     Tending,
     audit_fields,
     end_grant,
@@ -59,10 +49,10 @@ from secretgrants.lifecycle import (
 )
 from secretgrants.lifecycle import subject as _subject
 from secretgrants.metrics import Metrics, serve
-from secretgrants.policy import Decision, Effect, PolicyDecisionPoint, apply_obligations, build_pdp
+from secretgrants.policy import build_pdp
 from secretgrants.providers import ProviderRegistry
-from secretgrants.reasons import ConditionType, Phase, Reason
-from secretgrants.redaction import register_secret
+from secretgrants.reasons import ConditionType, Phase
+from secretgrants.reconcile import audit, authorize_and_deliver, withdraw_delivery
 from secretgrants.restarts import RestartLimiter
 from secretgrants.salts import SaltResolver
 from secretgrants.secrets_api import IndexTenants, SecretsAPI, settings_options
@@ -181,7 +171,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         audience=cfg.secrets_audience,
         auditor=memo.audit,
         metrics=memo.metrics,
-        renew=lambda namespace, name: renew_now(memo, namespace, name, _authorize_and_deliver),
+        renew=lambda namespace, name: renew_now(memo, namespace, name, authorize_and_deliver),
     )
     memo.webhook = None
     service_dns = f"{cfg.webhook_service}.{cfg.operator_namespace}.svc"
@@ -210,7 +200,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         await memo.secrets_api.start(cfg.webhook_address, cfg.api_port, memo.cert)
     # One scheduler for every live grant's renewal and expiry (fed by ``schedule_grant``).
     memo.tending = Tending(
-        memo, kwargs, _authorize_and_deliver, recheck_interval=cfg.recheck_interval_seconds
+        memo, kwargs, authorize_and_deliver, recheck_interval=cfg.recheck_interval_seconds
     )
     memo.tending.scheduler.start()
 
@@ -353,11 +343,11 @@ async def reconcile_grant(
                     parsed, namespace, labels, list(tenant_sources.get("all", [])), fallback
                 )
         except SecretGrantsError as err:
-            await _withdraw_delivery(memo, namespace, name, current)
+            await withdraw_delivery(memo, namespace, name, current)
             failed = failure_status(err, generation=generation, status=current)
             patch.status.update(failed)
             grant_span.set(phase=failed.get("phase"), reason=err.reason.value)
-            await _audit(
+            await audit(
                 memo,
                 EventType.GUARD_REJECTED,
                 AuditEffect.DENY,
@@ -370,7 +360,7 @@ async def reconcile_grant(
             )
             return
         grant_span.set(purpose=parsed.purpose.value, tenant=outcome.tenant.tenant_id)
-        result = await _authorize_and_deliver(
+        result = await authorize_and_deliver(
             memo,
             parsed,
             outcome,
@@ -381,199 +371,11 @@ async def reconcile_grant(
             status=current,
         )
         if not result.permitted:
-            await _withdraw_delivery(memo, namespace, name, current)
+            await withdraw_delivery(memo, namespace, name, current)
         patch.status.update(result.status)
         grant_span.set(phase=result.status.get("phase"))
         if result.retry_reason:
             raise kopf.TemporaryError(result.retry_reason, delay=backoff(retry))
-
-
-async def _withdraw_delivery(
-    memo: kopf.Memo, namespace: str, name: str, status: dict[str, Any]
-) -> None:
-    """A changed spec that is no longer permitted takes the delivered value back at once."""
-    if status.get("phase") in LIVE_PHASES:
-        await memo.kube.blank_secret(
-            namespace, secret_of(name, status), {ANNOTATION_STATE: "withdrawn"}
-        )
-
-
-async def _authorize_and_deliver(
-    memo: kopf.Memo,
-    parsed: SecretGrantRequestSpec,
-    outcome: GuardOutcome,
-    *,
-    namespace: str,
-    name: str,
-    uid: str,
-    generation: int | None,
-    status: dict[str, Any],
-) -> Outcome:
-    """ServiceAccount binding, PDP decision, provider read, delivery Secret: one pass."""
-    cfg: Settings = memo.config
-    tenant = outcome.tenant.tenant_id
-    ref = resource_ref(await memo.salts.salt_for(outcome.tenant), outcome.uri)
-    context: dict[str, Any] = {
-        "grant_namespace": namespace,
-        "grant_name": name,
-        "grant_uid": uid,
-        "tenant": tenant,
-        "purpose": parsed.purpose.value,
-        "resource_ref": ref,
-        "subject": _subject(namespace, parsed.service_account_name),
-    }
-    tracing.annotate(resource_ref=ref)
-
-    sa_uid = await memo.kube.service_account_uid(namespace, parsed.service_account_name)
-    if sa_uid is None:
-        waiting = guard_passed_status(
-            outcome,
-            generation=generation,
-            status=status,
-            reason=Reason.SERVICE_ACCOUNT_NOT_FOUND,
-            message=f"waiting for ServiceAccount {parsed.service_account_name!r} to exist",
-        )
-        return Outcome(waiting, "ServiceAccount not found")
-
-    metrics: Metrics = memo.metrics
-    scheme = outcome.uri.scheme
-    try:
-        with tracing.span(tracing.SPAN_PDP, purpose=parsed.purpose.value) as pdp_span:
-            started = time.perf_counter()
-            decision = await _decide(memo, outcome, parsed, namespace, sa_uid, cfg)
-            metrics.pdp_latency.labels(decision.pdp_kind).observe(time.perf_counter() - started)
-            enforcement = apply_obligations(parsed.ttl_seconds, parsed.max_uses, decision)
-            final = enforcement.decision
-            effect = (
-                AuditEffect.PERMIT
-                if final.permitted
-                else AuditEffect.ERROR
-                if final.retryable
-                else AuditEffect.DENY
-            )
-            metrics.decisions.labels(effect.value, final.pdp_kind).inc()
-            reason = final.condition_reason.value if not final.permitted else "Permitted"
-            pdp_span.set(
-                pdp_kind=final.pdp_kind,
-                effect=effect.value,
-                reason=reason,
-                decision_id=final.decision_id,
-            )
-            if final.retryable:
-                pdp_span.fail(reason)
-            await _audit(
-                memo,
-                EventType.DECISION,
-                effect,
-                reason,
-                decision_id=final.decision_id,
-                pdp=final.pdp_kind,
-                **context,
-            )
-        if not enforcement.permitted:
-            if final.retryable:
-                metrics.errors.labels(Reason.PDP_UNAVAILABLE.value).inc()
-            denied = decided_status(
-                final,
-                generation=generation,
-                status=status,
-                tenant=tenant,
-                resource_ref=ref,
-            )
-            return Outcome(denied, "PDP unavailable" if final.retryable else None)
-        with tracing.span(tracing.SPAN_PROVIDER, provider=scheme, operation="read"):
-            provider = memo.providers.provider_for(outcome.uri)
-            started = time.perf_counter()
-            data = await provider.read(outcome.uri.without_fragment(), parsed.version)
-            metrics.provider_latency.labels(scheme, "read").observe(time.perf_counter() - started)
-        values = select_keys(data.data, parsed, outcome.uri.fragment)
-        for value in values.values():
-            register_secret(value)
-    except SecretGrantsError as err:
-        metrics.errors.labels(err.reason.value).inc()
-        await _audit(memo, EventType.PROVIDER_ERROR, AuditEffect.ERROR, err.reason.value, **context)
-        failed = failure_status(err, generation=generation, status=status, tenant=tenant)
-        return Outcome(failed, err.reason.value if err.retryable else None)
-
-    if enforcement.ttl_seconds is None:
-        enforcement = enforcement.model_copy(update={"ttl_seconds": cfg.default_ttl_seconds})
-    at = now()
-    expires = at + dt.timedelta(seconds=enforcement.ttl_seconds or cfg.default_ttl_seconds)
-    secret_name: str | None = None
-    if parsed.delivery.mode is DeliveryMode.VOLUME:
-        with tracing.span(
-            tracing.SPAN_DELIVERY, delivery_mode=parsed.delivery.mode.value, key_count=len(values)
-        ):
-            body = delivery_secret(
-                grant_name=name,
-                grant_uid=uid,
-                service_account=parsed.service_account_name,
-                values=values,
-                expires_at=expires,
-            )
-            await memo.kube.upsert_secret(namespace, body)
-            secret_name = body["metadata"]["name"]
-            await _audit(
-                memo,
-                EventType.DELIVERY_WRITTEN,
-                AuditEffect.PERMIT,
-                "Delivered",
-                decision_id=final.decision_id,
-                **context,
-            )
-    granted = granted_status(
-        enforcement,
-        generation=generation,
-        status=status,
-        tenant=tenant,
-        resource_ref=ref,
-        service_account=parsed.service_account_name,
-        service_account_uid=sa_uid,
-        secret_name=secret_name,
-        keys=list(values),
-        version=data.version,
-        at=at,
-    )
-    return Outcome(granted, permitted=True)
-
-
-async def _audit(
-    memo: kopf.Memo, type_: EventType, effect: AuditEffect, reason: str, **fields: Any
-) -> None:
-    await memo.audit.record(type=type_, effect=effect, reason=reason, **fields)
-
-
-async def _decide(
-    memo: kopf.Memo,
-    outcome: GuardOutcome,
-    spec: SecretGrantRequestSpec,
-    namespace: str,
-    sa_uid: str,
-    cfg: Settings,
-) -> Decision:
-    if memo.pdp is None:
-        return Decision(
-            decision_id=str(uuid.uuid4()),
-            effect=Effect.PERMIT,
-            reason="authorization disabled (ENABLE_AUTHORIZATION=false)",
-            pdp_kind="disabled",
-        )
-    pdp: PolicyDecisionPoint = memo.pdp
-    provider = memo.providers.provider_for(outcome.uri)
-    with tracing.span(tracing.SPAN_PROVIDER, provider=outcome.uri.scheme, operation="metadata"):
-        meta = await provider.read_metadata(outcome.uri.without_fragment())
-    request = access_request(
-        outcome,
-        spec,
-        namespace=namespace,
-        service_account_uid=sa_uid,
-        owner=meta.owner,
-        created_by=meta.created_by,
-        created_at=meta.created_at,
-        correlation_id=current_correlation_id() or str(uuid.uuid4()),
-        traceparent=tracing.traceparent(),  # the PDP span: sent as header and in the context
-    )
-    return await pdp.evaluate(request)
 
 
 SETTLE_INTERVAL_SECONDS = 2.0
@@ -608,7 +410,7 @@ async def _settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
             before = int((grant.get("status") or {}).get("usesConsumed") or 0)
             released = before - int(updated.get("usesConsumed") or 0)
             if released > 0:
-                await _audit(
+                await audit(
                     memo,
                     EventType.USE_RELEASED,
                     AuditEffect.PERMIT,
@@ -673,7 +475,7 @@ async def revoke_on_delete(
             namespace, secret_of(name, dict(status)), {ANNOTATION_STATE: "revoked"}
         )
         memo.metrics.revocations.labels("Deleted").inc()
-        await _audit(
+        await audit(
             memo,
             EventType.REVOKED,
             AuditEffect.DENY,

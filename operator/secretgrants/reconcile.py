@@ -1,0 +1,238 @@
+"""One reconciliation pass of a grant, after its tenant guard passed.
+
+ServiceAccount binding, PDP decision (with the provider's metadata as resource
+attributes), obligations, provider read, delivery Secret: ``authorize_and_deliver``
+returns the status to write and whether to try again. The kopf handlers
+(``handlers``) and renewals (``lifecycle``) call it; it decides nothing itself
+(``grants`` does) and never writes the grant's status.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from typing import Any
+
+import kopf
+
+from secretgrants import tracing
+from secretgrants.api.common import now
+from secretgrants.api.grant import DeliveryMode, SecretGrantRequestSpec
+from secretgrants.audit import Effect as AuditEffect
+from secretgrants.audit import (
+    EventType,
+    current_correlation_id,
+    resource_ref,
+)
+from secretgrants.delivery import ANNOTATION_STATE, delivery_secret, select_keys
+from secretgrants.errors import SecretGrantsError
+from secretgrants.grants import (
+    LIVE_PHASES,
+    GuardOutcome,
+    access_request,
+    decided_status,
+    failure_status,
+    granted_status,
+    guard_passed_status,
+)
+from secretgrants.lifecycle import (
+    Outcome,
+    secret_of,
+)
+from secretgrants.lifecycle import subject as _subject
+from secretgrants.metrics import Metrics
+from secretgrants.policy import Decision, Effect, PolicyDecisionPoint, apply_obligations
+from secretgrants.reasons import Reason
+from secretgrants.redaction import register_secret
+from secretgrants.settings import Settings
+
+__all__ = ["audit", "authorize_and_deliver", "withdraw_delivery"]
+
+
+async def withdraw_delivery(
+    memo: kopf.Memo, namespace: str, name: str, status: dict[str, Any]
+) -> None:
+    """A changed spec that is no longer permitted takes the delivered value back at once."""
+    if status.get("phase") in LIVE_PHASES:
+        await memo.kube.blank_secret(
+            namespace, secret_of(name, status), {ANNOTATION_STATE: "withdrawn"}
+        )
+
+
+async def authorize_and_deliver(
+    memo: kopf.Memo,
+    parsed: SecretGrantRequestSpec,
+    outcome: GuardOutcome,
+    *,
+    namespace: str,
+    name: str,
+    uid: str,
+    generation: int | None,
+    status: dict[str, Any],
+) -> Outcome:
+    """ServiceAccount binding, PDP decision, provider read, delivery Secret: one pass."""
+    cfg: Settings = memo.config
+    tenant = outcome.tenant.tenant_id
+    ref = resource_ref(await memo.salts.salt_for(outcome.tenant), outcome.uri)
+    context: dict[str, Any] = {
+        "grant_namespace": namespace,
+        "grant_name": name,
+        "grant_uid": uid,
+        "tenant": tenant,
+        "purpose": parsed.purpose.value,
+        "resource_ref": ref,
+        "subject": _subject(namespace, parsed.service_account_name),
+    }
+    tracing.annotate(resource_ref=ref)
+
+    sa_uid = await memo.kube.service_account_uid(namespace, parsed.service_account_name)
+    if sa_uid is None:
+        waiting = guard_passed_status(
+            outcome,
+            generation=generation,
+            status=status,
+            reason=Reason.SERVICE_ACCOUNT_NOT_FOUND,
+            message=f"waiting for ServiceAccount {parsed.service_account_name!r} to exist",
+        )
+        return Outcome(waiting, "ServiceAccount not found")
+
+    metrics: Metrics = memo.metrics
+    scheme = outcome.uri.scheme
+    try:
+        with tracing.span(tracing.SPAN_PDP, purpose=parsed.purpose.value) as pdp_span:
+            started = time.perf_counter()
+            decision = await _decide(memo, outcome, parsed, namespace, sa_uid, cfg)
+            metrics.pdp_latency.labels(decision.pdp_kind).observe(time.perf_counter() - started)
+            enforcement = apply_obligations(parsed.ttl_seconds, parsed.max_uses, decision)
+            final = enforcement.decision
+            effect = (
+                AuditEffect.PERMIT
+                if final.permitted
+                else AuditEffect.ERROR
+                if final.retryable
+                else AuditEffect.DENY
+            )
+            metrics.decisions.labels(effect.value, final.pdp_kind).inc()
+            reason = final.condition_reason.value if not final.permitted else "Permitted"
+            pdp_span.set(
+                pdp_kind=final.pdp_kind,
+                effect=effect.value,
+                reason=reason,
+                decision_id=final.decision_id,
+            )
+            if final.retryable:
+                pdp_span.fail(reason)
+            await audit(
+                memo,
+                EventType.DECISION,
+                effect,
+                reason,
+                decision_id=final.decision_id,
+                pdp=final.pdp_kind,
+                **context,
+            )
+        if not enforcement.permitted:
+            if final.retryable:
+                metrics.errors.labels(Reason.PDP_UNAVAILABLE.value).inc()
+            denied = decided_status(
+                final,
+                generation=generation,
+                status=status,
+                tenant=tenant,
+                resource_ref=ref,
+            )
+            return Outcome(denied, "PDP unavailable" if final.retryable else None)
+        with tracing.span(tracing.SPAN_PROVIDER, provider=scheme, operation="read"):
+            provider = memo.providers.provider_for(outcome.uri)
+            started = time.perf_counter()
+            data = await provider.read(outcome.uri.without_fragment(), parsed.version)
+            metrics.provider_latency.labels(scheme, "read").observe(time.perf_counter() - started)
+        values = select_keys(data.data, parsed, outcome.uri.fragment)
+        for value in values.values():
+            register_secret(value)
+    except SecretGrantsError as err:
+        metrics.errors.labels(err.reason.value).inc()
+        await audit(memo, EventType.PROVIDER_ERROR, AuditEffect.ERROR, err.reason.value, **context)
+        failed = failure_status(err, generation=generation, status=status, tenant=tenant)
+        return Outcome(failed, err.reason.value if err.retryable else None)
+
+    if enforcement.ttl_seconds is None:
+        enforcement = enforcement.model_copy(update={"ttl_seconds": cfg.default_ttl_seconds})
+    at = now()
+    expires = at + dt.timedelta(seconds=enforcement.ttl_seconds or cfg.default_ttl_seconds)
+    secret_name: str | None = None
+    if parsed.delivery.mode is DeliveryMode.VOLUME:
+        with tracing.span(
+            tracing.SPAN_DELIVERY, delivery_mode=parsed.delivery.mode.value, key_count=len(values)
+        ):
+            body = delivery_secret(
+                grant_name=name,
+                grant_uid=uid,
+                service_account=parsed.service_account_name,
+                values=values,
+                expires_at=expires,
+            )
+            await memo.kube.upsert_secret(namespace, body)
+            secret_name = body["metadata"]["name"]
+            await audit(
+                memo,
+                EventType.DELIVERY_WRITTEN,
+                AuditEffect.PERMIT,
+                "Delivered",
+                decision_id=final.decision_id,
+                **context,
+            )
+    granted = granted_status(
+        enforcement,
+        generation=generation,
+        status=status,
+        tenant=tenant,
+        resource_ref=ref,
+        service_account=parsed.service_account_name,
+        service_account_uid=sa_uid,
+        secret_name=secret_name,
+        keys=list(values),
+        version=data.version,
+        at=at,
+    )
+    return Outcome(granted, permitted=True)
+
+
+async def audit(
+    memo: kopf.Memo, type_: EventType, effect: AuditEffect, reason: str, **fields: Any
+) -> None:
+    await memo.audit.record(type=type_, effect=effect, reason=reason, **fields)
+
+
+async def _decide(
+    memo: kopf.Memo,
+    outcome: GuardOutcome,
+    spec: SecretGrantRequestSpec,
+    namespace: str,
+    sa_uid: str,
+    cfg: Settings,
+) -> Decision:
+    if memo.pdp is None:
+        return Decision(
+            decision_id=str(uuid.uuid4()),
+            effect=Effect.PERMIT,
+            reason="authorization disabled (ENABLE_AUTHORIZATION=false)",
+            pdp_kind="disabled",
+        )
+    pdp: PolicyDecisionPoint = memo.pdp
+    provider = memo.providers.provider_for(outcome.uri)
+    with tracing.span(tracing.SPAN_PROVIDER, provider=outcome.uri.scheme, operation="metadata"):
+        meta = await provider.read_metadata(outcome.uri.without_fragment())
+    request = access_request(
+        outcome,
+        spec,
+        namespace=namespace,
+        service_account_uid=sa_uid,
+        owner=meta.owner,
+        created_by=meta.created_by,
+        created_at=meta.created_at,
+        correlation_id=current_correlation_id() or str(uuid.uuid4()),
+        traceparent=tracing.traceparent(),  # the PDP span: sent as header and in the context
+    )
+    return await pdp.evaluate(request)

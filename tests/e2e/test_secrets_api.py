@@ -149,7 +149,9 @@ def test_dpop_binds_the_grant_to_the_first_key(
             c.read(ns, "api")
     assert problem(err) == (403, "SenderMismatch")  # no proof once bound
     bad = httpx.get(
-        url, headers={"Authorization": f"DPoP {bound}", "DPoP": "x.y.z"}, verify=ca_file
+        url,
+        headers={"Authorization": f"DPoP {bound}", "DPoP": "x.y.z"},
+        verify=ssl.create_default_context(cafile=ca_file),
     )
     assert (bad.status_code, bad.json()["code"]) == (401, "InvalidDPoPProof")
 

@@ -441,7 +441,7 @@ def test_mtls_binds_a_grant_to_the_first_certificate_and_anonymous_management(
     with SecretsClient(
         op.api_url,
         token=lambda: sa_token(cluster, ns, "app"),
-        verify=str(ca_file),
+        verify=ssl.create_default_context(cafile=str(ca_file)),
         cert=(str(second_cert), str(second_key)),
         retries=0,
     ) as sdk:

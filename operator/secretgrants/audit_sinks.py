@@ -9,6 +9,7 @@ from typing import IO, Final, Protocol
 
 from secretgrants.api.common import API_VERSION
 from secretgrants.audit import AuditEvent, Effect
+from secretgrants.metrics import Metrics
 
 __all__ = ["EventPoster", "KubeEventSink", "StdoutSink"]
 
@@ -46,8 +47,9 @@ class KubeEventSink:
     name = "kubernetes-events"
     MAX_IN_FLIGHT: Final = 100
 
-    def __init__(self, poster: EventPoster) -> None:
+    def __init__(self, poster: EventPoster, metrics: Metrics | None = None) -> None:
         self.poster = poster
+        self.metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
         self.dropped = 0
 
@@ -55,7 +57,7 @@ class KubeEventSink:
         if not (event.grant_name and event.grant_namespace):
             return
         if len(self._tasks) >= self.MAX_IN_FLIGHT:
-            self.dropped += 1
+            self._count_dropped()
             return
         involved = {
             "apiVersion": API_VERSION,
@@ -83,8 +85,13 @@ class KubeEventSink:
         try:
             await self.poster.post_event(involved, type_=type_, reason=reason, message=message)
         except Exception as err:  # an Event is best effort; the other sinks keep the record
-            self.dropped += 1
+            self._count_dropped()
             log.warning("could not post an Event on %s: %s", involved["name"], type(err).__name__)
+
+    def _count_dropped(self) -> None:
+        self.dropped += 1
+        if self.metrics is not None:  # secretgrants_audit_events_dropped_total{sink=...}
+            self.metrics.audit_dropped.labels(self.name).inc()
 
     async def flush(self, timeout: float = 5.0) -> None:
         if self._tasks:

@@ -129,7 +129,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     if "stdout" in cfg.audit_sinks:
         sinks.append(StdoutSink())
     if "events" in cfg.audit_sinks:
-        memo.audit_events = KubeEventSink(memo.kube)
+        memo.audit_events = KubeEventSink(memo.kube, memo.metrics)
         sinks.append(memo.audit_events)
     memo.audit_kafka = None
     if "kafka" in cfg.audit_sinks and cfg.kafka_bootstrap:

@@ -8,7 +8,7 @@ document and checks every answer against it.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from pydantic.json_schema import models_json_schema
 
@@ -276,18 +276,7 @@ def _paths() -> dict[str, Any]:
     }
 
 
-_BULK_OPS = (
-    "write",
-    "rotate",
-    "delete",
-    "undelete",
-    "destroy_versions",
-    "metadata",
-    "metadata_detail",
-    "keys",
-    "versions",
-    "set_owner",
-)
+_BULK_OPS: Final = get_args(models.BulkOp)  # the operations a bulk item may name (one list)
 
 
 def _schemas() -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,6 +32,7 @@ from secretgrants.audit_sinks import KubeEventSink, StdoutSink
 from secretgrants.delivery import ANNOTATION_STATE
 from secretgrants.diagnostics import DiagnosticsServer
 from secretgrants.errors import SecretGrantsError
+from secretgrants.grant_reads import GrantReads
 from secretgrants.grants import (
     LIVE_PHASES,
     check_request,
@@ -164,6 +166,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     memo.indexes = {
         "namespace_labels": kwargs["namespace_labels"],
         "tenant_sources": kwargs["tenant_sources"],
+        "service_accounts": kwargs["service_accounts"],
     }
     memo.renew_locks = {}
     memo.admission = PodAdmission(
@@ -172,6 +175,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         auditor=memo.audit,
         metrics=memo.metrics,
         renew=lambda namespace, name: renew_now(memo, namespace, name, authorize_and_deliver),
+        reads=GrantReads(max_age=cfg.admission_cache_seconds),
     )
     memo.webhook = None
     service_dns = f"{cfg.webhook_service}.{cfg.operator_namespace}.svc"
@@ -203,6 +207,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         memo, kwargs, authorize_and_deliver, recheck_interval=cfg.recheck_interval_seconds
     )
     memo.tending.scheduler.start()
+    # What startup made (modules, clients, settings) lives as long as the process: move
+    # it out of the collector's sight, so a full collection (a pause of ~100 ms on a
+    # loaded 2-core machine, measured) scans only what grants and requests allocate.
+    gc.collect()
+    gc.freeze()
 
 
 async def _start_webhook(memo: kopf.Memo, cfg: Settings) -> None:
@@ -427,12 +436,15 @@ async def schedule_grant(  # async: on the loop, with the scheduler (a sync one 
     name: str | None,
     namespace: str | None,
     spec: kopf.Spec,
+    meta: kopf.Meta,
     status: kopf.Status,
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    """Live grants' next deadlines (renewal, expiry) from the watch, for the one scheduler."""
+    """Live grants' next deadlines (renewal, expiry) from the watch, for the one scheduler;
+    admission forgets the copy it kept of a grant that changed."""
     memo.tending.observe(type, namespace or "", name or "", spec, status)
+    memo.admission.reads.changed(namespace or "", name or "", meta.get("resourceVersion"))
 
 
 def _has_reservations(status: kopf.Status, **_: Any) -> bool:

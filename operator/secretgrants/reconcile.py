@@ -86,7 +86,9 @@ async def authorize_and_deliver(
     }
     tracing.annotate(resource_ref=ref)
 
-    sa_uid = await memo.kube.service_account_uid(namespace, parsed.service_account_name)
+    sa_uid = _indexed_uid(memo, namespace, parsed.service_account_name)
+    if sa_uid is None:  # not in the watch's index (yet): ask the API
+        sa_uid = await memo.kube.service_account_uid(namespace, parsed.service_account_name)
     if sa_uid is None:
         waiting = guard_passed_status(
             outcome,
@@ -197,6 +199,15 @@ async def authorize_and_deliver(
         at=at,
     )
     return Outcome(granted, permitted=True)
+
+
+def _indexed_uid(memo: kopf.Memo, namespace: str, name: str) -> str | None:
+    """The ServiceAccount's UID from the watch's index, as the binding checks see it."""
+    index = (memo.get("indexes") or {}).get("service_accounts")
+    if index is None:
+        return None
+    uid = next(iter(index.get((namespace, name), [])), None)
+    return str(uid) if uid else None
 
 
 async def audit(

@@ -284,6 +284,19 @@ class Settings(BaseSettings):
         ),
         description="How long a counted use waits for its pod to appear before it is released.",
     )
+    admission_cache_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=30,
+        validation_alias=AliasChoices(
+            "SECRETGRANTS_ADMISSION_CACHE_SECONDS", "admission_cache_seconds"
+        ),
+        description=(
+            "How long pod admission may use a grant it read moments ago instead of reading it "
+            "again (forgotten at once when the watch shows a change; refusals and counted uses "
+            "always go to the API). 0 reads every time."
+        ),
+    )
 
     # --- audit and metrics ---
     audit_sinks: Annotated[list[str], NoDecode] = Field(

@@ -42,6 +42,7 @@ from secretgrants.api.common import now
 from secretgrants.audit import Auditor, EventType
 from secretgrants.audit import Effect as AuditEffect
 from secretgrants.delivery import DELIVERY_PREFIX, delivery_secret_name
+from secretgrants.grant_reads import GrantReads
 from secretgrants.metrics import Metrics
 from secretgrants.pki import new_ca
 from secretgrants.uses import release, reserve
@@ -113,8 +114,11 @@ class PodAdmission:
         auditor: Auditor | None = None,
         metrics: Metrics | None = None,
         renew: Callable[[str, str], Awaitable[bool]] | None = None,
+        reads: GrantReads | None = None,
     ) -> None:
         self.store = store
+        # Grants read or written moments ago (kept by default for none: every check reads).
+        self.reads = reads if reads is not None else GrantReads(max_age=0)
         # Asks the PDP again for an exhausted or expired grant with renewal on; True when
         # a fresh permit was written (the operator's renewal, called at the point of use).
         self.renew = renew
@@ -122,7 +126,6 @@ class PodAdmission:
         self.auditor = auditor or Auditor()
         self.metrics = metrics or Metrics()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._latest: dict[tuple[str, str], dict[str, Any]] = {}
 
     async def _audit_denied(
         self,
@@ -205,7 +208,7 @@ class PodAdmission:
                     namespace,
                     pod,
                     name,
-                    self._latest.get((namespace, name), grant),
+                    self.reads.get(namespace, name) or grant,
                     correlation_id,
                 )
         return patch
@@ -224,7 +227,7 @@ class PodAdmission:
         at = now()
         mounts: list[GrantMount] = []
         for name in names:
-            grant = await self.store.read_grant(namespace, name)
+            grant = await self._checked_read(namespace, name, service_account, at)
             if not dry_run:
                 grant = await self._renewed_if_due(namespace, name, grant, service_account, at)
             if grant is not None:
@@ -241,15 +244,34 @@ class PodAdmission:
         if dry_run:
             return injection_patch(pod, mounts, dict.fromkeys(names, DRY_RUN_RESERVATION))
         reserved: dict[str, str] = {}
+        injected: dict[str, str] = {}
         try:
             for name in names:
                 rid = uuid.uuid4().hex[:16]
+                injected[name] = rid
+                if not _metered(grants[name]):
+                    continue  # no use limit: nothing to count, no write (the pod is audited)
                 await self._reserve(namespace, name, rid, service_account, correlation_id)
                 reserved[name] = rid
         except BaseException:
             await asyncio.shield(self._release_all(namespace, reserved))
             raise
-        return injection_patch(pod, mounts, reserved)
+        return injection_patch(pod, mounts, injected)
+
+    async def _read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The grant from the API, kept a moment for the next admissions."""
+        grant = await self.store.read_grant(namespace, name)
+        self.reads.put(namespace, name, grant)
+        return grant
+
+    async def _checked_read(
+        self, namespace: str, name: str, service_account: str, at: dt.datetime
+    ) -> dict[str, Any] | None:
+        """The kept copy when it admits the pod; otherwise what the API says now."""
+        kept = self.reads.get(namespace, name)
+        if kept is not None and _admits(name, kept, service_account, at):
+            return kept
+        return await self._read(namespace, name)
 
     async def _renewed_if_due(
         self,
@@ -281,8 +303,7 @@ class PodAdmission:
             return grant
         if not await self.renew(namespace, name):
             return grant
-        self._latest.pop((namespace, name), None)  # start from the renewed object
-        return await self.store.read_grant(namespace, name)
+        return await self._read(namespace, name)  # start from the renewed object
 
     async def _reserve(
         self,
@@ -301,11 +322,11 @@ class PodAdmission:
         key = (namespace, name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            grant = self._latest.pop(key, None)
+            grant = self.reads.get(namespace, name)
             cached = grant is not None
             for attempt in range(MAX_CAS_ATTEMPTS):
                 if grant is None:
-                    grant = await self.store.read_grant(namespace, name)
+                    grant = await self._read(namespace, name)
                 try:
                     check_grant_for_pod(name, grant, service_account, now())
                 except AdmissionDenied:
@@ -323,8 +344,9 @@ class PodAdmission:
                     namespace, {**grant, "status": status}
                 )
                 if written is not None:
-                    self._latest[key] = written
+                    self.reads.put(namespace, name, written)
                     break
+                self.reads.forget(namespace, name)
                 grant = None
                 await asyncio.sleep(random.uniform(0, 0.005 * min(attempt + 1, 10)))  # noqa: S311
             else:
@@ -382,7 +404,7 @@ class PodAdmission:
             if not guess or delivery_secret_name(guess) != secret_name:
                 unresolved.add(secret_name)
                 continue
-            grant = await self.store.read_grant(namespace, guess)
+            grant = self.reads.get(namespace, guess) or await self._read(namespace, guess)
             if grant is not None and _delivered(grant) == secret_name:
                 found.append((grant, secret_name))
         if any(len(n) > 240 for n in unresolved):  # grant names longer than 230 characters
@@ -426,25 +448,56 @@ class PodAdmission:
             for part in str(annotations.get(ANNOTATION_RESERVATIONS) or "").split(",")
         }
         for grant, secret_name in await self._delivering(namespace, candidates):
-            status = grant.get("status") or {}
             name = str((grant.get("metadata") or {}).get("name"))
             grants[name] = grant
-            bound = (status.get("binding") or {}).get("serviceAccountName")
-            if bound != service_account:
-                raise AdmissionDenied(
-                    "ServiceAccountMismatch",
-                    f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}, which is "
-                    f"bound to another ServiceAccount; the pod runs as {service_account!r}",
-                    grant=name,
-                )
-            if name not in injected:
-                raise AdmissionDenied(
-                    "DirectMountNotAllowed",
-                    f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}: request it "
-                    "with the secretgrants.io/grants annotation and the secretgrants.io/inject "
-                    "label so the use is checked and counted, instead of mounting it directly",
-                    grant=name,
-                )
+            try:
+                _check_mount(name, grant, secret_name, service_account, injected)
+            except AdmissionDenied:
+                fresh = await self._read(namespace, name)  # refuse only on what the API says now
+                if fresh is None or _delivered(fresh) != secret_name:
+                    continue
+                grants[name] = fresh
+                _check_mount(name, fresh, secret_name, service_account, injected)
+
+
+def _check_mount(
+    name: str,
+    grant: Mapping[str, Any],
+    secret_name: str,
+    service_account: str,
+    injected: set[str],
+) -> None:
+    """Refuse a pod's use of a grant's delivery Secret that the mutating webhook did not make."""
+    bound = ((grant.get("status") or {}).get("binding") or {}).get("serviceAccountName")
+    if bound != service_account:
+        raise AdmissionDenied(
+            "ServiceAccountMismatch",
+            f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}, which is "
+            f"bound to another ServiceAccount; the pod runs as {service_account!r}",
+            grant=name,
+        )
+    if name not in injected:
+        raise AdmissionDenied(
+            "DirectMountNotAllowed",
+            f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}: request it "
+            "with the secretgrants.io/grants annotation and the secretgrants.io/inject "
+            "label so the use is checked and counted, instead of mounting it directly",
+            grant=name,
+        )
+
+
+def _admits(name: str, grant: Mapping[str, Any], service_account: str, at: dt.datetime) -> bool:
+    try:
+        check_grant_for_pod(name, grant, service_account, at)
+    except AdmissionDenied:
+        return False
+    return True
+
+
+def _metered(grant: Mapping[str, Any]) -> bool:
+    """Whether the grant has a use limit (maxUses, or the PDP's max_uses): only then is
+    each admitted pod counted on the grant's status."""
+    return (grant.get("status") or {}).get("usesRemaining") is not None
 
 
 def _delivered(grant: Mapping[str, Any]) -> str | None:

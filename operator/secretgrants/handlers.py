@@ -29,6 +29,7 @@ from secretgrants.audit import (
 from secretgrants.audit import Effect as AuditEffect
 from secretgrants.audit_kafka import KafkaSink, aiokafka_producer
 from secretgrants.audit_sinks import KubeEventSink, StdoutSink
+from secretgrants.bookkeeping import SpecDigestStorage, progress_storage
 from secretgrants.delivery import ANNOTATION_STATE
 from secretgrants.diagnostics import DiagnosticsServer
 from secretgrants.errors import SecretGrantsError
@@ -98,13 +99,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="secretgrants-io")
     )
     memo.kube = KubeClient()
-    # kopf's bookkeeping lives under our own prefix, not kopf.zalando.org.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=ANNOTATION_PREFIX
-    )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
+    # kopf's bookkeeping (handler progress, digests of the last handled spec) goes in
+    # status.kopf, so a decision is one status write (see ``bookkeeping``).
+    settings.persistence.progress_storage = progress_storage()
+    settings.persistence.diffbase_storage = SpecDigestStorage()
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
     settings.posting.level = logging.WARNING
     # kopf waits this long for more events on an object before handling it; the default
@@ -335,8 +333,11 @@ async def reconcile_grant(
     namespace, name = namespace or "", name or ""
     generation = meta.get("generation")
     current = dict(status)
-    if kwargs.get("reason") == "resume" and settled(current, generation):
-        return  # decided for this generation before a restart: nothing to redo, no use reset
+    if kwargs.get("reason") in ("resume", "create") and settled(current, generation):
+        # Decided for this generation before a restart: nothing to redo, no use reset. A
+        # "create" of a decided grant is one whose kopf bookkeeping kopf cannot find (an
+        # operator that kept it in annotations before); deciding again would reset its uses.
+        return
     with tracing.span(
         tracing.SPAN_GRANT,
         grant_namespace=namespace,

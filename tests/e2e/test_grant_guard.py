@@ -156,7 +156,7 @@ def test_tenant_status_reports_an_invalid_mount(cluster: Cluster, tenants: list[
     assert "engine" in cond["message"]
 
 
-def test_operator_bookkeeping_uses_our_annotation_prefix(
+def test_operator_bookkeeping_is_in_the_status_not_in_kopf_annotations(
     cluster: Cluster, namespace: str, tenants: list[str], operator: OperatorProcess
 ) -> None:
     make_tenant(cluster, tenants, [namespace], ["secret"])
@@ -164,4 +164,12 @@ def test_operator_bookkeeping_uses_our_annotation_prefix(
     obj = status_of(cluster, "ann", namespace, "Pending")
     keys = set(obj["metadata"].get("annotations", {}))
     assert not any("kopf.zalando.org" in k for k in keys), keys
-    assert any(k.startswith("secretgrants.io/") for k in keys), keys
+    assert not any("last-handled-configuration" in k for k in keys), keys
+    assert obj["metadata"]["finalizers"] == ["secretgrants.io/finalizer"]
+
+
+    def retry_state_kept() -> None:  # the handler's retries, kept by the schema (not pruned)
+        status = get(cluster, "sgr", "ann", namespace)["status"]
+        assert (status.get("kopf") or {}).get("progress"), status
+
+    eventually(retry_state_kept)

@@ -10,6 +10,7 @@ volumes, the Secrets and the grant status are what is checked.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import uuid
@@ -372,3 +373,42 @@ def test_a_tenant_that_stops_allowing_the_mount_revokes_live_grants(
         assert secret_values(cluster, ns, obj["status"]["delivery"]["secretName"]) == {}
     finally:
         cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)
+
+
+def test_a_grant_handled_before_the_bookkeeping_moved_to_the_status_is_not_decided_again(
+    cluster: Cluster, ready_namespace: str, start_operator_for: Callable[..., OperatorProcess]
+) -> None:
+    """An operator that kept kopf's last handled spec in an annotation (before 2026-12) is
+    replaced: the new one finds no record in the status, and must not decide the grant again
+    (a new decision would reset its counted uses)."""
+    ns = ready_namespace
+    op = start_operator_for()
+    first = granted(cluster, ns, maxUses=5)["status"]
+    ok, err = create_pod(cluster, ns, pod("before"))
+    assert ok, err
+
+    def counted() -> None:
+        st = get(cluster, "sgr", "db", ns)["status"]
+        assert st["usesConsumed"] == 1 and not st.get("reservations"), st
+
+    eventually(counted, timeout=30)
+    os.killpg(op.proc.pid, signal.SIGKILL)
+    op.proc.wait()
+    cluster.kubectl(
+        "annotate", "sgr", "db", "-n", ns, "secretgrants.io/last-handled-configuration={}"
+    )
+    cluster.kubectl(
+        "patch", "sgr", "db", "-n", ns, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"kopf": None}}),
+    )  # fmt: skip
+    assert "kopf" not in get(cluster, "sgr", "db", ns)["status"]
+    start_operator_for()
+
+    def recorded_again() -> dict[str, Any]:
+        st = get(cluster, "sgr", "db", ns)["status"]
+        assert (st.get("kopf") or {}).get("last-handled-configuration"), st
+        return st
+
+    st = eventually(recorded_again, timeout=30)
+    assert st["decision"]["id"] == first["decision"]["id"]
+    assert (st["usesConsumed"], st["usesRemaining"]) == (1, 4)

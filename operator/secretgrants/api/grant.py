@@ -241,6 +241,15 @@ class UseReservation(KubeModel):
     reserved_at: dt.datetime = Field(description="When the use was reserved.")
 
 
+def _preserve_unknown(schema: dict[str, Any]) -> None:
+    """An object the apiserver keeps as written (no pruning), for kopf's bookkeeping."""
+    description = schema.get("description")
+    schema.clear()
+    schema.update({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+    if description:
+        schema["description"] = description
+
+
 class SecretGrantRequestStatus(KubeModel):
     """What the operator decided and delivered. Never holds a secret value or the URI."""
 
@@ -277,6 +286,14 @@ class SecretGrantRequestStatus(KubeModel):
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],
         },
+    )
+    kopf: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "The operator framework's (kopf) bookkeeping: handler progress and the last "
+            "handled spec. Kept in the status so that one status write records a decision."
+        ),
+        json_schema_extra=_preserve_unknown,
     )
 
 

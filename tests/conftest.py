@@ -312,6 +312,14 @@ def start_operator_for(
             cluster.kubectl(
                 "delete", kind, webhook_config_name(namespace), "--ignore-not-found", check=False
             )
+        for kind in ("mutatingadmissionpolicybinding", "mutatingadmissionpolicy"):
+            cluster.kubectl(
+                "delete",
+                kind,
+                f"{webhook_config_name(namespace)}-finalizer",
+                "--ignore-not-found",
+                check=False,
+            )
 
 
 @pytest.fixture

@@ -33,6 +33,9 @@ from secretgrants.bookkeeping import SpecDigestStorage, progress_storage
 from secretgrants.delivery import ANNOTATION_STATE
 from secretgrants.diagnostics import DiagnosticsServer
 from secretgrants.errors import SecretGrantsError
+from secretgrants.finalizer_policy import FINALIZER
+from secretgrants.finalizer_policy import binding as finalizer_binding
+from secretgrants.finalizer_policy import policy as finalizer_policy
 from secretgrants.grant_reads import GrantReads
 from secretgrants.grants import (
     LIVE_PHASES,
@@ -75,7 +78,6 @@ log = logging.getLogger("secretgrants")
 
 GRANTS = (GROUP, VERSION, "secretgrantrequests")
 TENANTS = (GROUP, VERSION, "secrettenants")
-ANNOTATION_PREFIX = GROUP
 MAX_BACKOFF_SECONDS = 60.0
 KAFKA_FLUSH_SECONDS = 5.0  # at shutdown, queued audit events get this long to reach Kafka
 
@@ -103,7 +105,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     # status.kopf, so a decision is one status write (see ``bookkeeping``).
     settings.persistence.progress_storage = progress_storage()
     settings.persistence.diffbase_storage = SpecDigestStorage()
-    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.WARNING
     # kopf waits this long for more events on an object before handling it; the default
     # (0.1 s) is most of a grant's create -> Granted time (bench/grants.py).
@@ -184,6 +186,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     )
     if cfg.webhook_enabled:
         await _start_webhook(memo, cfg)
+    if cfg.webhook_manage_config:
+        await _apply_finalizer_policy(memo.kube, cfg)
     memo.secrets_api = None
     if cfg.api_port:
         memo.secrets_api = SecretsAPI(
@@ -210,6 +214,28 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     # loaded 2-core machine, measured) scans only what grants and requests allocate.
     gc.collect()
     gc.freeze()
+
+
+async def _apply_finalizer_policy(kube: KubeClient, cfg: Settings) -> None:
+    """Grants get the finalizer in their create request (see ``finalizer_policy``)."""
+    namespaces = [cfg.namespace] if cfg.namespace else []
+    name = cfg.webhook_config_name
+    try:
+        applied = await kube.apply_cluster_object(
+            "mutatingadmissionpolicies", finalizer_policy(name)
+        ) and await kube.apply_cluster_object(
+            "mutatingadmissionpolicybindings", finalizer_binding(name, namespaces)
+        )
+    except Exception as err:  # an optimisation: never a reason not to start
+        log.warning("the finalizer admission policy could not be applied: %s", err)
+        return
+    if applied:
+        log.info("MutatingAdmissionPolicy %s-finalizer is in place", name)
+    else:
+        log.info(
+            "no MutatingAdmissionPolicy (Kubernetes < 1.36, or no RBAC for it): "
+            "the finalizer is added to each grant in a write of its own"
+        )
 
 
 async def _start_webhook(memo: kopf.Memo, cfg: Settings) -> None:
@@ -474,9 +500,10 @@ async def revoke_on_delete(
 ) -> None:
     """A deleted live grant is revoked first: its Secret is blanked before GC removes it.
 
-    Registered for every grant (no ``when`` filter), so kopf puts its finalizer on a
-    grant when it is created, before anything is delivered: a grant deleted right
-    after it was granted is still blanked first.
+    Registered for every grant (no ``when`` filter), so every grant carries the finalizer
+    before anything is delivered (the apiserver adds it at creation through
+    ``finalizer_policy``, or kopf in a write of its own): a grant deleted right after it
+    was granted is still blanked first.
     """
     namespace, name = namespace or "", name or ""
     if status.get("phase") not in LIVE_PHASES:

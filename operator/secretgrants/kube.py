@@ -251,6 +251,33 @@ class KubeClient:
 
         await self._run(call)
 
+    async def apply_cluster_object(self, plural: str, body: dict[str, Any]) -> bool:
+        """Create a cluster-scoped object of ``body``'s apiVersion, or merge-patch it to ``body``.
+
+        False when the cluster has no such resource (404) or forbids it (403).
+        """
+        group, version = body["apiVersion"].split("/")
+
+        def call() -> bool:
+            try:
+                self._custom.create_cluster_custom_object(group, version, plural, body)
+            except ApiException as err:
+                if err.status in (403, 404):
+                    return False
+                if err.status != 409:
+                    raise
+                try:
+                    self._custom.patch_cluster_custom_object(
+                        group, version, plural, body["metadata"]["name"], body
+                    )
+                except ApiException as again:
+                    if again.status in (403, 404):
+                        return False
+                    raise
+            return True
+
+        return await self._run(call)
+
     async def delete_webhook_configurations(self, name: str) -> None:
         admission = client.AdmissionregistrationV1Api(self._api)
 

@@ -8,6 +8,7 @@ their reasons, observedGeneration, and the tenant.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -160,7 +161,15 @@ def test_operator_bookkeeping_is_in_the_status_not_in_kopf_annotations(
     cluster: Cluster, namespace: str, tenants: list[str], operator: OperatorProcess
 ) -> None:
     make_tenant(cluster, tenants, [namespace], ["secret"])
-    apply(cluster, grant("ann", namespace, "vault+kv2://secret/app"))
+    created = json.loads(
+        cluster.kubectl(
+            "create", "-o", "json", "-f", "-",
+            input=json.dumps(grant("ann", namespace, "vault+kv2://secret/app")),
+        ).stdout
+    )  # fmt: skip
+    # the apiserver put the finalizer on in the create request (the operator's
+    # MutatingAdmissionPolicy): kopf needs no write of its own before deciding
+    assert created["metadata"].get("finalizers") == ["secretgrants.io/finalizer"], created
     obj = status_of(cluster, "ann", namespace, "Pending")
     keys = set(obj["metadata"].get("annotations", {}))
     assert not any("kopf.zalando.org" in k for k in keys), keys

@@ -158,6 +158,27 @@ def create_batch(
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (less sensitive to a busy machine than latency)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by each named process between ``start`` and ``per``."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def per(self, count: int) -> str:
+        used = {n: cpu_seconds(p) - self.before[n] for n, p in self.pids.items()}
+        return ", ".join(f"{n} {used[n] * 1000 / max(count, 1):.1f}" for n in self.pids)
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -316,25 +337,34 @@ def main() -> int:
         watch = GrantedWatch(api)
         print(f"operator pid {operator.pid}, log {log_path}")
         print(f"RSS at start: {rss_mb(operator.pid):.0f} MB\n")
+        pids = {"operator": operator.pid, **plane.pids()}
+        cpu = CpuMeter({k: v for k, v in pids.items() if k != "kube-controller-manager"})
         print("create -> Granted (client clock)      p50        p99     grants/s")
         live = 0
+        cpu_lines = []
         for size in sizes:
+            cpu.start()
             figures = create_batch(custom, watch, size, f"b{size}")
+            cpu_lines.append(f"  {size:5d} at once: {cpu.per(size)}")
             live += size
             print(
                 f"  {size:5d} applied at once      {ms(figures['p50'])} {ms(figures['p99'])}   {figures['rate']:7.1f}"
             )
-        print("  targets at 100: p50 <= 50 ms, p99 <= 250 ms; >= 50 grants/s\n")
+        print("  targets at 100: p50 <= 50 ms, p99 <= 250 ms; >= 50 grants/s")
+        print("  CPU ms per grant (process time, whatever else the machine runs):")
+        print("\n".join(cpu_lines) + "\n")
 
         custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, grant_body("adm"))
         watch.wait(["adm"], timeout=30)
         live += 1
         print("pod admission (client round trip incl. both webhooks)   p50        p99")
         for concurrency in (1, 20):
+            cpu.start()
             lat = admission(core, custom, watch, args.pods, concurrency)
             print(
                 f"  {args.pods} pods, {concurrency:2d} at a time               {ms(pct(lat, 0.5))} {ms(pct(lat, 0.99))}"
             )
+            print(f"      CPU ms per pod: {cpu.per(args.pods)}")
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         total = count = 0.0
         for line in metrics.splitlines():

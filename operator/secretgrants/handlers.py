@@ -8,7 +8,6 @@ Secret, and ``kube`` writes it. This module only moves data between them.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,6 @@ from typing import Any
 import kopf
 
 from secretgrants import tracing
-from secretgrants.admission import LABEL_INJECT, reservation_ids
 from secretgrants.api.common import GROUP, VERSION, ConditionStatus, set_condition
 from secretgrants.api.grant import SecretGrantRequestSpec
 from secretgrants.audit import (
@@ -64,7 +62,6 @@ from secretgrants.salts import SaltResolver
 from secretgrants.secrets_api import IndexTenants, SecretsAPI, settings_options
 from secretgrants.settings import Settings
 from secretgrants.tenancy import Tenant, TenantSource, env_tenant
-from secretgrants.uses import settle
 from secretgrants.webhook import PodAdmission, WebhookServer, serving_cert
 from secretgrants.webhook_config import (
     MUTATE_PATH,
@@ -414,49 +411,6 @@ async def reconcile_grant(
             raise kopf.TemporaryError(result.retry_reason, delay=backoff(retry))
 
 
-SETTLE_INTERVAL_SECONDS = 2.0
-
-
-def _is_live(status: kopf.Status, **_: Any) -> bool:
-    """A grant whose delivery Secret holds data: Granted, or Exhausted (pods keep the value)."""
-    return status.get("phase") in LIVE_PHASES
-
-
-async def _settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
-    """Confirm uses that created pods carry; give back those no pod claimed in time."""
-    cfg: Settings = memo.config
-    pods = await memo.kube.list_pod_annotations(namespace, f"{LABEL_INJECT}=true")
-    seen = reservation_ids(pods, name)
-    for _ in range(5):
-        grant = await memo.kube.read_grant(namespace, name)
-        if grant is None:
-            return
-        updated = settle(
-            grant.get("status") or {},
-            seen,
-            window=dt.timedelta(seconds=cfg.reservation_window_seconds),
-            generation=(grant.get("metadata") or {}).get("generation"),
-        )
-        if updated is None:
-            return
-        if (
-            await memo.kube.replace_grant_status(namespace, {**grant, "status": updated})
-            is not None
-        ):
-            before = int((grant.get("status") or {}).get("usesConsumed") or 0)
-            released = before - int(updated.get("usesConsumed") or 0)
-            if released > 0:
-                await audit(
-                    memo,
-                    EventType.USE_RELEASED,
-                    AuditEffect.PERMIT,
-                    "NoPodCreated",
-                    message=f"{released} use(s) given back: no created pod claimed them",
-                    **audit_fields(namespace, name, updated, grant.get("spec")),
-                )
-            return
-
-
 @kopf.on.event(*GRANTS)
 async def schedule_grant(  # async: on the loop, with the scheduler (a sync one runs in a thread)
     type: str | None,
@@ -472,20 +426,6 @@ async def schedule_grant(  # async: on the loop, with the scheduler (a sync one 
     admission forgets the copy it kept of a grant that changed."""
     memo.tending.observe(type, namespace or "", name or "", spec, status)
     memo.admission.reads.changed(namespace or "", name or "", meta.get("resourceVersion"))
-
-
-def _has_reservations(status: kopf.Status, **_: Any) -> bool:
-    return bool(status.get("reservations"))
-
-
-@kopf.timer(*GRANTS, interval=SETTLE_INTERVAL_SECONDS, when=_has_reservations)
-@correlated_handler
-async def settle_uses(name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """While uses are reserved, confirm or release them (see ``uses``)."""
-    with tracing.span(
-        tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger="settle"
-    ):
-        await _settle_uses(memo, namespace or "", name or "")
 
 
 @kopf.on.delete(*GRANTS)

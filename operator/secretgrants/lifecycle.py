@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Protocol
 import kopf
 
 from secretgrants import tracing
+from secretgrants.admission import LABEL_INJECT, reservation_ids
 from secretgrants.api.common import now
 from secretgrants.api.grant import SecretGrantRequestSpec, WorkloadRef
 from secretgrants.audit import Effect as AuditEffect
@@ -44,6 +45,7 @@ from secretgrants.reasons import Phase
 from secretgrants.restarts import RestartLimiter, restart_patch
 from secretgrants.schedule import Key
 from secretgrants.scheduler import Scheduler
+from secretgrants.uses import settle
 
 __all__ = ["Outcome", "Tending", "audit_fields", "end_grant", "renew_now", "secret_of", "subject"]
 
@@ -78,6 +80,43 @@ class Authorize(Protocol):
     ) -> Outcome: ...
 
 
+SETTLE_INTERVAL_SECONDS = 2.0  # how often reserved uses are confirmed or given back
+
+
+async def settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
+    """Confirm uses that created pods carry; give back those no pod claimed in time."""
+    window = dt.timedelta(seconds=memo.config.reservation_window_seconds)
+    pods = await memo.kube.list_pod_annotations(namespace, f"{LABEL_INJECT}=true")
+    seen = reservation_ids(pods, name)
+    for _ in range(5):
+        grant = await memo.kube.read_grant(namespace, name)
+        if grant is None:
+            return
+        updated = settle(
+            grant.get("status") or {},
+            seen,
+            window=window,
+            generation=(grant.get("metadata") or {}).get("generation"),
+        )
+        if updated is None:
+            return
+        if (
+            await memo.kube.replace_grant_status(namespace, {**grant, "status": updated})
+            is not None
+        ):
+            before = int((grant.get("status") or {}).get("usesConsumed") or 0)
+            released = before - int(updated.get("usesConsumed") or 0)
+            if released > 0:
+                await memo.audit.record(
+                    type=EventType.USE_RELEASED,
+                    effect=AuditEffect.PERMIT,
+                    reason="NoPodCreated",
+                    message=f"{released} use(s) given back: no created pod claimed them",
+                    **audit_fields(namespace, name, updated, grant.get("spec")),
+                )
+            return
+
+
 class Tended(NamedTuple):
     """All that is kept in memory per live grant (not its body)."""
 
@@ -103,6 +142,7 @@ class Tending:
         self._authorize = authorize
         self._live: dict[Key, Tended] = {}
         self._given_up: dict[Key, str] = {}  # expiresAt for which a renewal was refused
+        self._settled: dict[Key, float] = {}  # last look at a grant's reserved uses (epoch)
         self.scheduler = Scheduler(
             self.tend, sweep=self.sweep, sweep_interval=recheck_interval, concurrency=concurrency
         )
@@ -123,6 +163,7 @@ class Tending:
         if type_ == "DELETED" or status.get("phase") not in LIVE_PHASES:
             self._live.pop(key, None)
             self._given_up.pop(key, None)
+            self._settled.pop(key, None)
             self.scheduler.forget(key)
             return
         binding = status.get("binding") or {}
@@ -134,11 +175,32 @@ class Tending:
         if self._binding_broken(namespace, tended) is not None:
             self.scheduler.schedule(key, clock)
             return
-        at = next_deadline(spec, status, now=_at(clock), given_up_for=self._given_up.get(key))
+        at = self._next(key, spec, status, clock)
         if at is None:
             self.scheduler.forget(key)
         else:
-            self.scheduler.schedule(key, at.timestamp())
+            self.scheduler.schedule(key, at)
+
+    def _next(
+        self, key: Key, spec: Mapping[str, Any], status: Mapping[str, Any], clock: float
+    ) -> float | None:
+        """The grant's next deadline (epoch seconds): renewal, expiry, or settling its uses."""
+        at = next_deadline(spec, status, now=_at(clock), given_up_for=self._given_up.get(key))
+        deadline = at.timestamp() if at is not None else None
+        settle = self._settle_at(key, status)
+        if settle is not None and (deadline is None or settle < deadline):
+            return settle
+        return deadline
+
+    def _settle_at(self, key: Key, status: Mapping[str, Any]) -> float | None:
+        """Uses reserved by the webhook are settled (confirmed or given back) every
+        ``SETTLE_INTERVAL_SECONDS`` from the oldest, or from the last look at them."""
+        reserved = [r.get("reservedAt") for r in status.get("reservations") or []]
+        stamps = [_epoch(r) for r in reserved if r]
+        if not stamps:
+            self._settled.pop(key, None)
+            return None
+        return max(min(stamps), self._settled.get(key, 0.0)) + SETTLE_INTERVAL_SECONDS
 
     def sweep(self) -> list[Key]:
         """The live grants whose binding or tenant guard fails now (in memory, no API call)."""
@@ -209,6 +271,12 @@ class Tending:
             await end_grant(memo, namespace, name, status, ending, "Expired", raw.get("spec"))
             return None
         spec = dict(raw.get("spec") or {})
+        if status.get("reservations"):
+            self._settled[key] = time.time()
+            with tracing.span(
+                tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger="settle"
+            ):
+                await settle_uses(memo, namespace, name)  # a change comes back by the watch
         given_up = self._given_up.get(key)
         if renewal_due(spec, status, now=current, given_up_for=given_up):
             uid = str((raw.get("metadata") or {}).get("uid") or "")
@@ -220,8 +288,7 @@ class Tending:
             if renewed:
                 return time.time() + RENEWED_LOOK_AGAIN_SECONDS  # the watch brings the rest
             given_up = self._given_up[key] = str(status.get("expiresAt"))
-        deadline = next_deadline(spec, status, now=current, given_up_for=given_up)
-        return deadline.timestamp() if deadline else None
+        return self._next(key, spec, status, time.time())
 
     def _binding_broken(self, namespace: str, tended: Tended) -> str | None:
         """Why the bound ServiceAccount no longer holds the grant, or None (from the SA index)."""
@@ -249,6 +316,10 @@ def _target(spec: Mapping[str, Any]) -> Target | None:
 
 def _at(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
+def _epoch(stamp: str) -> float:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def secret_of(name: str, status: Mapping[str, Any]) -> str:

@@ -256,3 +256,51 @@ async def test_a_permitted_renewal_writes_the_new_status_and_looks_again_soon(
     assert authorize.calls == 1 and at is not None and at - time.time() < 2
     assert memo.kube.writes == [("status", "db", {"phase": "Granted"})]
     assert [e.type.value for e in memo.audit_memory.events] == ["renewed"]
+
+
+class PodsStandIn(KubeStandIn):
+    """Adds the pod listing and the compare-and-swap status write that settling uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pods: list[dict[str, Any]] = []
+
+    async def list_pod_annotations(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return self.pods
+
+    async def replace_grant_status(
+        self, namespace: str, obj: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        self.writes.append(("replace", obj["metadata"]["name"], obj["status"]))
+        self.grants[(namespace, obj["metadata"]["name"])] = obj
+        return obj
+
+
+async def test_reserved_uses_are_settled_by_the_scheduler_from_the_oldest_reservation(
+    memo: kopf.Memo, indexes: dict[str, Any]
+) -> None:
+    memo.kube = PodsStandIn()
+    memo.config = type("Cfg", (), {"reservation_window_seconds": 30})()
+    t = tending(memo, indexes)
+    reserved_at = time.time() - 0.5
+    obj = grant(expires_in=600)
+    obj["status"]["reservations"] = [{"id": "r1", "reservedAt": rfc3339(dt.datetime.fromtimestamp(reserved_at, dt.UTC))}]
+    obj["status"]["usesConsumed"] = 1
+    memo.kube.grants[(NS, "db")] = obj
+    observe(t, obj)
+    at = t.scheduler.deadline((NS, "db"))
+    assert at is not None and abs(at - (reserved_at + 2.0)) < 1.1  # not at expiry, 600 s away
+    observe(t, obj)  # another event (another pod admitted) does not push the settling back
+    assert t.scheduler.deadline((NS, "db")) == at
+    # due: no pod carries r1 yet, within the window -> nothing written, looked at again soon
+    nxt = await t.tend((NS, "db"))
+    assert memo.kube.writes == [] and nxt is not None and time.time() < nxt <= time.time() + 2.1
+    # the pod appeared: the reservation is confirmed (the list emptied), the use stays counted
+    memo.kube.pods = [{"metadata": {"annotations": {"secretgrants.io/reservations": "db=r1"}}}]
+    await t.tend((NS, "db"))
+    (write,) = memo.kube.writes
+    assert write[0] == "replace" and write[2]["reservations"] == []
+    assert write[2]["usesConsumed"] == 1
+    observe(t, memo.kube.grants[(NS, "db")])
+    at = t.scheduler.deadline((NS, "db"))
+    assert at is not None and at > time.time() + 500  # back to its expiry

@@ -168,6 +168,10 @@ class LocalControlPlane:
             )
         )
 
+    def pids(self) -> dict[str, int]:
+        """The running servers' process ids by name (etcd, kube-apiserver, ...), for benchmarks."""
+        return {proc.name: pid for proc in self._procs if (pid := proc.pid) is not None}
+
     def _spawn(self, name: str, argv: Sequence[str]) -> ManagedProcess:
         proc = ManagedProcess(name, argv, log_path=self.workdir / f"{name}.log")
         proc.start()

@@ -11,7 +11,7 @@ import asyncio
 import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Final
 
 import kopf
 
@@ -104,6 +104,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     settings.persistence.diffbase_storage = SpecDigestStorage()
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.WARNING
+    logging.getLogger("kopf.objects").addFilter(QuietWatchHandlers())
     # kopf waits this long for more events on an object before handling it; the default
     # (0.1 s) is most of a grant's create -> Granted time (bench/grants.py).
     settings.batching.batch_window = 0.01
@@ -201,7 +202,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
             **settings_options(cfg),
         )
         await memo.secrets_api.start(cfg.webhook_address, cfg.api_port, memo.cert)
-    # One scheduler for every live grant's renewal and expiry (fed by ``schedule_grant``).
+    # One scheduler for every live grant's renewal and expiry (fed by ``observe_grant``).
     memo.tending = Tending(
         memo, kwargs, authorize_and_deliver, recheck_interval=cfg.recheck_interval_seconds
     )
@@ -288,29 +289,6 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         if memo.get(name) is not None:
             memo[name].close()
     tracing.shutdown()  # flush the spans still batched
-
-
-@kopf.on.event(*GRANTS)
-def count_phases(
-    type: str | None,
-    name: str | None,
-    namespace: str | None,
-    status: kopf.Status,
-    memo: kopf.Memo,
-    **_: Any,
-) -> None:
-    """Keep the grants-by-phase gauge from the watch stream (no API call)."""
-    phases: dict[tuple[str, str], str] = memo.setdefault("phases", {})
-    key = (namespace or "", name or "")
-    before = phases.pop(key, None)
-    after = None if type == "DELETED" else str(status.get("phase") or Phase.PENDING.value)
-    if after is not None:
-        phases[key] = after
-    if before != after:  # O(1) per event
-        if before is not None:
-            memo.metrics.grants.labels(before).dec()
-        if after is not None:
-            memo.metrics.grants.labels(after).inc()
 
 
 @kopf.index("serviceaccounts")
@@ -412,7 +390,7 @@ async def reconcile_grant(
 
 
 @kopf.on.event(*GRANTS)
-async def schedule_grant(  # async: on the loop, with the scheduler (a sync one runs in a thread)
+async def observe_grant(  # async: on the loop (kopf runs a sync handler in a thread)
     type: str | None,
     name: str | None,
     namespace: str | None,
@@ -422,10 +400,40 @@ async def schedule_grant(  # async: on the loop, with the scheduler (a sync one 
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    """Live grants' next deadlines (renewal, expiry) from the watch, for the one scheduler;
+    """Every watch event of a grant, no API call: the grants-by-phase gauge, the live
+    grants' next deadlines (renewal, expiry, settling uses) for the one scheduler, and
     admission forgets the copy it kept of a grant that changed."""
-    memo.tending.observe(type, namespace or "", name or "", spec, status)
-    memo.admission.reads.changed(namespace or "", name or "", meta.get("resourceVersion"))
+    namespace, name = namespace or "", name or ""
+    count_phase(memo, type, namespace, name, status)
+    memo.tending.observe(type, namespace, name, spec, status)
+    memo.admission.reads.changed(namespace, name, meta.get("resourceVersion"))
+
+
+def count_phase(
+    memo: kopf.Memo, type: str | None, namespace: str, name: str, status: kopf.Status
+) -> None:
+    """Keep the grants-by-phase gauge from the watch stream, O(1) per event."""
+    phases: dict[tuple[str, str], str] = memo.setdefault("phases", {})
+    key = (namespace, name)
+    before = phases.pop(key, None)
+    after = None if type == "DELETED" else str(status.get("phase") or Phase.PENDING.value)
+    if after is not None:
+        phases[key] = after
+    if before != after:
+        if before is not None:
+            memo.metrics.grants.labels(before).dec()
+        if after is not None:
+            memo.metrics.grants.labels(after).inc()
+
+
+class QuietWatchHandlers(logging.Filter):
+    """kopf logs "Handler 'x' succeeded." at INFO for every watch event of every grant;
+    for the watch handlers that is one line per event with nothing to say: drop it."""
+
+    QUIET: Final = frozenset({"Handler 'observe_grant' succeeded."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.QUIET
 
 
 @kopf.on.delete(*GRANTS)

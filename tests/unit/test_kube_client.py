@@ -4,8 +4,8 @@ What goes in: a real HTTP server (aiohttp) answering by method and path, and a
 login the test controls. What is asserted: the paths, verbs and content types
 each method sends (a merge patch whose null removes ``data``), which statuses
 become None/False, re-login on 401 and on a rotated token file, and that no
-request body (a Secret's value, a reviewed token) reaches an exception.
-The real apiserver's answers are in the e2e tests.
+request body (a Secret's value, a reviewed token) reaches an exception; and
+what ``login`` hands kopf. The real apiserver's answers are in the e2e tests.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import base64
 import itertools
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import kopf
 import pytest
 from aiohttp import web
 
-from secretgrants.kube import KubeAPIError, KubeClient, Login
+from secretgrants.kube import KubeAPIError, KubeClient, Login, login
 
 SECRET = "S3cr3t-VALUE-kube"
 TOKEN_UNDER_REVIEW = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
@@ -306,3 +307,74 @@ async def test_a_rotated_token_file_is_read_again(api: StubAPI, tmp_path: Path) 
     finally:
         await client.aclose()
     assert [s.headers["Authorization"] for s in api.seen] == ["Bearer first", "Bearer second"]
+
+
+# The login kopf and KubeClient share.
+
+
+def test_login_maps_the_kubeconfig_onto_kopf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "token").write_text("from-file")
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        json.dumps(
+            {
+                "current-context": "c",
+                "contexts": [
+                    {"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "n"}}
+                ],
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {
+                            "server": "https://x:6443",
+                            "certificate-authority-data": "Q0E=",
+                        },
+                    }
+                ],
+                "users": [{"name": "u", "user": {"tokenFile": "token"}}],
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    creds = login()
+    assert creds.info == kopf.ConnectionInfo(
+        server="https://x:6443",
+        ca_data="Q0E=",
+        insecure=False,
+        token="from-file",
+        default_namespace="n",
+    )
+    assert creds.token_file == tmp_path / "token"
+
+
+def test_a_plugin_user_without_the_package_cannot_log_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        json.dumps(
+            {
+                "current-context": "c",
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "clusters": [{"name": "c", "cluster": {"server": "https://x"}}],
+                "users": [{"name": "u", "user": {"exec": {"command": "get-token"}}}],
+            }
+        )
+    )
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # what the runner does otherwise
+    with pytest.raises(
+        kopf.LoginError, match="'exec' credential plugin: that needs the kubernetes"
+    ):
+        login()
+
+
+def test_no_configuration_is_a_login_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(kopf.LoginError, match="no kubeconfig"):
+        login()

@@ -43,7 +43,8 @@ from secretgrants.grants import (
     revoked_status,
     settled,
 )
-from secretgrants.kube import IO_THREADS, KubeClient
+from secretgrants.kube import KubeClient
+from secretgrants.kube import login as kube_login
 from secretgrants.lifecycle import (
     Tending,
     audit_fields,
@@ -77,10 +78,17 @@ GRANTS = (GROUP, VERSION, "secretgrantrequests")
 TENANTS = (GROUP, VERSION, "secrettenants")
 MAX_BACKOFF_SECONDS = 60.0
 KAFKA_FLUSH_SECONDS = 5.0  # at shutdown, queued audit events get this long to reach Kafka
+IO_THREADS = 32  # the default executor, where blocking provider calls (hvac) run
 
 
 def backoff(retry: int) -> float:
     return min(2.0 ** min(retry, 10), MAX_BACKOFF_SECONDS)
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches log in as our KubeClients do (see ``kube.login``)."""
+    return kube_login().info
 
 
 @kopf.on.startup()
@@ -92,7 +100,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     memo.salt = cfg.tenant_salt.get_secret_value().encode() if cfg.tenant_salt else None
     memo.pdp = build_pdp(cfg) if cfg.enable_authorization else None
     memo.providers = ProviderRegistry.from_settings(cfg)
-    # Blocking clients (kubernetes, hvac) run in the default executor: size it for
+    # Blocking provider calls (hvac) run in the default executor: size it for
     # concurrent admissions rather than the CPU count.
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="secretgrants-io")
@@ -157,9 +165,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         await memo.diagnostics.start(cfg.diagnostics_port)
     memo.salts = SaltResolver(memo.kube.read_secret_key, cfg.operator_namespace, memo.salt)
     memo.restarts = RestartLimiter(cfg.restart_min_interval_seconds)
-    # Pod admission and the Secrets API get their own client and threads: a burst of
-    # background work (e.g. a thousand grants being decided) never delays a pod.
-    memo.front = KubeClient(threads=16, name="front")
+    # Pod admission and the Secrets API get their own client and connections: a burst
+    # of background work (e.g. a thousand grants being decided) never delays a pod.
+    memo.front = KubeClient(connections=16, name="front")
     # kopf's indexes are live objects: kept here for work outside kopf's handlers.
     memo.indexes = {
         "namespace_labels": kwargs["namespace_labels"],
@@ -287,7 +295,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await memo.audit_events.flush()  # Events still being posted, before the clients close
     for name in ("kube", "front"):
         if memo.get(name) is not None:
-            memo[name].close()
+            await memo[name].aclose()
     tracing.shutdown()  # flush the spans still batched
 
 

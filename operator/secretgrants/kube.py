@@ -1,73 +1,259 @@
 """The operator's Kubernetes client: the few reads and writes the handlers need.
 
-The official ``kubernetes`` client is blocking, so every call runs in a
-thread. Only this module talks to the API (kopf's own watching aside).
+JSON over the REST paths on one aiohttp session per client, on the event loop:
+no threads and no model classes (the ``kubernetes`` package costs ~35 MB and a
+thread hop per call). Only this module talks to the API, kopf's own watching
+aside, and both log in through :func:`login` (registered with kopf in
+``handlers``), so they use the same credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
+import dataclasses
 import datetime as dt
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+import decimal
+import enum
+import json
+import logging
+import uuid
+from base64 import b64decode
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
 
-import kubernetes
+import aiohttp
+import kopf
 
+from secretgrants import __version__, kubeconfig
 from secretgrants.api.common import GROUP, VERSION
 
-# The official client's partial type hints disagree with its dict bodies; use it untyped.
-_k8s: Any = kubernetes
-client: Any = _k8s.client
-config: Any = _k8s.config
-ApiException: Any = _k8s.client.exceptions.ApiException
+__all__ = ["CONNECTIONS", "KubeAPIError", "KubeClient", "Login", "login"]
 
-__all__ = ["IO_THREADS", "KubeClient"]
+log = logging.getLogger("secretgrants.kube")
 
-_T = TypeVar("_T")
+CONNECTIONS: Final = 32  # concurrent requests (one HTTP/1.1 connection each) per client
+REQUEST_TIMEOUT: Final = aiohttp.ClientTimeout(total=60, sock_connect=10)
+MAX_MESSAGE: Final = 1000  # characters of a Status message kept in an error
+MERGE_PATCH: Final = "application/merge-patch+json"
+# Pods' metadata only: the apiserver leaves out spec and status (kubectl does the same).
+METADATA_LIST: Final = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
 
-IO_THREADS = 32  # the default executor's size (set at start) and the connection pool's
+_GRANTS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/secretgrantrequests"
+_ADMISSION = "/apis/admissionregistration.k8s.io/v1"
+_WORKLOADS: Final = {
+    "Deployment": "deployments",
+    "StatefulSet": "statefulsets",
+    "DaemonSet": "daemonsets",
+}
+
+
+class KubeAPIError(Exception):
+    """A failed API call: the HTTP status, and the reason and message of the Status body.
+
+    Never the request body (a Secret's values, a token under review): only what
+    the apiserver said about it.
+    """
+
+    def __init__(
+        self, status: int, reason: str = "", message: str = "", *, method: str, path: str
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{method} {path}: {status} {reason}: {message}".rstrip(": "))
+
+    @classmethod
+    def from_response(
+        cls, status: int, http_reason: str | None, body: bytes, *, method: str, path: str
+    ) -> KubeAPIError:
+        try:
+            doc = json.loads(body)
+        except ValueError:  # a proxy's HTML page, or nothing: the status line only
+            doc = None
+        if isinstance(doc, dict) and doc.get("kind") == "Status":
+            reason = str(doc.get("reason") or http_reason or "")
+            message = str(doc.get("message") or "")[:MAX_MESSAGE]
+            return cls(status, reason, message, method=method, path=path)
+        return cls(status, http_reason or "", method=method, path=path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Login:
+    """Connection settings for kopf and :class:`KubeClient`, and where their token is re-read."""
+
+    info: kopf.ConnectionInfo
+    token_file: Path | None = None
+
+
+def login() -> Login:
+    """In a pod, the ServiceAccount; else the kubeconfig's current context; for a user with
+    a credential plugin, the ``kubernetes`` package through kopf (``runner`` lets it load)."""
+    try:
+        conn = kubeconfig.load()
+    except kubeconfig.PluginRequired as err:
+        info = kopf.login_via_client(logger=log, settings=kopf.OperatorSettings())
+        if info is None:  # the package was kept out of this process, or is not installed
+            raise kopf.LoginError(f"{err}: that needs the kubernetes package") from None
+        return Login(info)
+    except kubeconfig.ConfigError as err:
+        raise kopf.LoginError(str(err)) from None
+    info = kopf.ConnectionInfo(
+        server=conn.server,
+        ca_path=conn.ca_path,
+        ca_data=conn.ca_data,
+        insecure=conn.insecure,
+        certificate_path=conn.certificate_path,
+        certificate_data=conn.certificate_data,
+        private_key_path=conn.private_key_path,
+        private_key_data=conn.private_key_data,
+        username=conn.username,
+        password=conn.password,
+        token=conn.token,
+        default_namespace=conn.namespace,
+        proxy_url=conn.proxy_url,
+    )
+    return Login(info, Path(conn.token_file) if conn.token_file else None)
+
+
+class _Authorization:
+    """The ``Authorization`` header of a login, its token re-read when the file changes."""
+
+    def __init__(self, creds: Login) -> None:
+        self.creds = creds
+        self._stamp = self._mtime()
+        self.headers = creds.info.as_http_headers()
+
+    def _mtime(self) -> int | None:
+        if self.creds.token_file is None:
+            return None
+        try:
+            return self.creds.token_file.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def current(self) -> dict[str, str]:
+        if self.creds.token_file is not None:
+            stamp = self._mtime()
+            if stamp is not None and stamp != self._stamp:
+                self._stamp = stamp
+                token = kubeconfig.read_token(self.creds.token_file)
+                info = dataclasses.replace(self.creds.info, token=token)
+                self.creds = Login(info, self.creds.token_file)
+                self.headers = info.as_http_headers()
+        return self.headers
+
+
+def _jsonable(obj: Any) -> Any:
+    """What the ``kubernetes`` package's serializer made of non-JSON values."""
+    if isinstance(obj, dt.datetime | dt.date):
+        return obj.isoformat()
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, uuid.UUID | decimal.Decimal):
+        return str(obj)
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, tuple | set | frozenset):
+        return list(obj)
+    raise TypeError(f"cannot send a {type(obj).__name__} to the API")
+
+
+def _name(value: str) -> str:
+    return quote(value, safe="")
 
 
 class KubeClient:
-    """Reads ServiceAccounts, writes delivery Secrets and grant status."""
+    """Reads ServiceAccounts and grants, writes delivery Secrets and grant status."""
 
-    def __init__(self, *, threads: int | None = None, name: str = "kube") -> None:
-        """``threads``: a dedicated pool (the webhook and the API use one, so that pod
-        admission never queues behind background work); the loop's default pool otherwise."""
-        self._executor = (
-            ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"secretgrants-{name}")
-            if threads
-            else None
-        )
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        configuration = client.Configuration.get_default_copy()
-        # Admission and status writes run concurrently in threads: one connection each.
-        configuration.connection_pool_maxsize = threads or IO_THREADS
-        self._api = client.ApiClient(configuration)
-        self._core = client.CoreV1Api(self._api)
-        self._custom = client.CustomObjectsApi(self._api)
+    def __init__(
+        self,
+        *,
+        connections: int = CONNECTIONS,
+        name: str = "kube",
+        login: Callable[[], Login] = login,
+        timeout: aiohttp.ClientTimeout = REQUEST_TIMEOUT,
+    ) -> None:
+        """``connections``: at most this many requests at once (pod admission and the
+        Secrets API get a client of their own, so that they never queue behind background
+        work). The session opens on first use, inside the running loop."""
+        self._connections = connections
+        self._name = name
+        self._login = login
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._auth: _Authorization | None = None
+        self._server = ""
+        self._lock = asyncio.Lock()
 
-    async def _run(self, call: Callable[[], _T]) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+    async def _open(self) -> tuple[aiohttp.ClientSession, _Authorization]:
+        if self._session is not None and self._auth is not None:
+            return self._session, self._auth
+        async with self._lock:
+            if self._session is None or self._auth is None:
+                creds = await asyncio.to_thread(self._login)
+                info = creds.info
+                self._auth = _Authorization(creds)
+                self._server = info.server.rstrip("/")
+                self._session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(
+                        limit=self._connections, ssl=info.as_ssl_context()
+                    ),
+                    timeout=self._timeout,
+                    headers={"User-Agent": f"secretgrants/{__version__} ({self._name})"},
+                    proxy=info.proxy_url,
+                    trust_env=info.trust_env,
+                )
+            return self._session, self._auth
+
+    async def _relogin(self, failed: _Authorization) -> None:
+        """After a 401: log in again (a rotated token, an expired plugin token)."""
+        async with self._lock:
+            if self._auth is failed:
+                self._auth = _Authorization(await asyncio.to_thread(self._login))
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        session, auth = await self._open()
+        data = None if body is None else json.dumps(body, default=_jsonable).encode()
+        for attempt in range(2):
+            headers = {**auth.current(), "Accept": accept}
+            if data is not None:
+                headers["Content-Type"] = content_type
+            async with session.request(
+                method, self._server + path, data=data, headers=headers, params=params
+            ) as response:
+                raw = await response.read()
+                if response.status == 401 and attempt == 0:
+                    await self._relogin(auth)
+                    auth = self._auth or auth
+                    continue
+                if response.status >= 400:
+                    raise KubeAPIError.from_response(
+                        response.status, response.reason, raw, method=method, path=path
+                    )
+                return json.loads(raw) if raw else None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def post_event(
         self, involved: dict[str, str], *, type_: str, reason: str, message: str
     ) -> None:
         """A core/v1 Event about ``involved`` (apiVersion, kind, name, namespace, uid)."""
-        stamp = dt.datetime.now(dt.UTC)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        namespace = involved["namespace"]
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {
-                "generateName": f"{involved['name']}.",
-                "namespace": involved["namespace"],
-            },
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": namespace},
             "involvedObject": involved,
             "type": type_,
             "reason": reason,
@@ -79,74 +265,52 @@ class KubeClient:
             "lastTimestamp": stamp,
             "count": 1,
         }
-
-        def call() -> None:
-            self._core.create_namespaced_event(involved["namespace"], body)
-
-        await self._run(call)
+        await self._call("POST", f"/api/v1/namespaces/{_name(namespace)}/events", body)
 
     async def service_account_uid(self, namespace: str, name: str) -> str | None:
-        def call() -> str | None:
-            try:
-                sa = self._core.read_namespaced_service_account(name, namespace)
-            except ApiException as err:
-                if err.status == 404:
-                    return None
-                raise
-            return str(sa.metadata.uid)
-
-        return await self._run(call)
+        path = f"/api/v1/namespaces/{_name(namespace)}/serviceaccounts/{_name(name)}"
+        try:
+            sa = await self._call("GET", path)
+        except KubeAPIError as err:
+            if err.status == 404:
+                return None
+            raise
+        return str(sa["metadata"]["uid"])
 
     async def upsert_secret(self, namespace: str, body: dict[str, Any]) -> None:
         """Create the Secret, or replace its data, labels and annotations if it exists."""
-        name = body["metadata"]["name"]
-
-        def call() -> None:
-            try:
-                self._core.create_namespaced_secret(namespace, body)
-            except ApiException as err:
-                if err.status != 409:
-                    raise
-                self._core.replace_namespaced_secret(name, namespace, body)
-
-        await self._run(call)
+        secrets = f"/api/v1/namespaces/{_name(namespace)}/secrets"
+        try:
+            await self._call("POST", secrets, body)
+        except KubeAPIError as err:
+            if err.status != 409:
+                raise
+            await self._call("PUT", f"{secrets}/{_name(body['metadata']['name'])}", body)
 
     async def blank_secret(self, namespace: str, name: str, annotations: dict[str, str]) -> bool:
         """Empty the Secret's data (kubelets keep the last content of a deleted Secret)."""
-
-        def call() -> bool:
-            patch = {"data": None, "metadata": {"annotations": annotations}}
-            try:
-                self._core.patch_namespaced_secret(name, namespace, patch)
-            except ApiException as err:
-                if err.status == 404:
-                    return False
-                raise
-            return True
-
-        return await self._run(call)
+        patch = {"data": None, "metadata": {"annotations": annotations}}  # null removes data
+        path = f"/api/v1/namespaces/{_name(namespace)}/secrets/{_name(name)}"
+        try:
+            await self._call("PATCH", path, patch, content_type=MERGE_PATCH)
+        except KubeAPIError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
 
     async def patch_grant_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        def call() -> None:
-            self._custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, "secretgrantrequests", name, {"status": status}
-            )
-
-        await self._run(call)
+        path = f"{_GRANTS.format(ns=_name(namespace))}/{_name(name)}/status"
+        await self._call("PATCH", path, {"status": status}, content_type=MERGE_PATCH)
 
     async def read_grant(self, namespace: str, name: str) -> dict[str, Any] | None:
-        def call() -> dict[str, Any] | None:
-            try:
-                obj = self._custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, "secretgrantrequests", name
-                )
-            except ApiException as err:
-                if err.status == 404:
-                    return None
-                raise
-            return dict(obj)
-
-        return await self._run(call)
+        try:
+            obj = await self._call("GET", f"{_GRANTS.format(ns=_name(namespace))}/{_name(name)}")
+        except KubeAPIError as err:
+            if err.status == 404:
+                return None
+            raise
+        return dict(obj)
 
     async def replace_grant_status(
         self, namespace: str, obj: dict[str, Any]
@@ -155,101 +319,73 @@ class KubeClient:
 
         Returns the object as written (its new resourceVersion), or None on a conflict.
         """
-
-        def call() -> dict[str, Any] | None:
-            try:
-                written = self._custom.replace_namespaced_custom_object_status(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    "secretgrantrequests",
-                    obj["metadata"]["name"],
-                    obj,
-                )
-            except ApiException as err:
-                if err.status == 409:
-                    return None
-                raise
-            return dict(written)
-
-        return await self._run(call)
+        name = _name(obj["metadata"]["name"])
+        try:
+            written = await self._call(
+                "PUT", f"{_GRANTS.format(ns=_name(namespace))}/{name}/status", obj
+            )
+        except KubeAPIError as err:
+            if err.status == 409:
+                return None
+            raise
+        return dict(written)
 
     async def list_grants(self, namespace: str) -> list[dict[str, Any]]:
-        def call() -> list[dict[str, Any]]:
-            out = self._custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, "secretgrantrequests"
-            )
-            return list(out.get("items") or [])
-
-        return await self._run(call)
+        out = await self._call("GET", _GRANTS.format(ns=_name(namespace)))
+        return list(out.get("items") or [])
 
     async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes | None:
         """One key of one Secret (only tenant salts, in the operator's namespace)."""
-
-        def call() -> bytes | None:
-            try:
-                secret = self._core.read_namespaced_secret(name, namespace)
-            except ApiException as err:
-                if err.status == 404:
-                    return None
-                raise
-            raw = (secret.data or {}).get(key)
-            return base64.b64decode(raw) if raw else None
-
-        return await self._run(call)
+        path = f"/api/v1/namespaces/{_name(namespace)}/secrets/{_name(name)}"
+        try:
+            secret = await self._call("GET", path)
+        except KubeAPIError as err:
+            if err.status == 404:
+                return None
+            raise
+        raw = (secret.get("data") or {}).get(key)
+        return b64decode(raw) if raw else None
 
     async def token_review(self, token: str, audiences: list[str]) -> dict[str, Any]:
         """The apiserver's verdict on a bearer token for these audiences (TokenReview status)."""
-
-        def call() -> dict[str, Any]:
-            body = {
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenReview",
-                "spec": {"token": token, "audiences": audiences},
-            }
-            review = client.AuthenticationV1Api(self._api).create_token_review(body)
-            return dict(self._api.sanitize_for_serialization(review.status) or {})
-
-        return await self._run(call)
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": audiences},
+        }
+        review = await self._call("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body)
+        return dict(review.get("status") or {})
 
     async def list_pod_annotations(
         self, namespace: str, label_selector: str
     ) -> list[dict[str, Any]]:
         """Pods' metadata only (name and annotations), for reservation bookkeeping."""
-
-        def call() -> list[dict[str, Any]]:
-            pods = self._core.list_namespaced_pod(namespace, label_selector=label_selector)
-            return [
-                {"metadata": {"name": p.metadata.name, "annotations": p.metadata.annotations or {}}}
-                for p in pods.items
-            ]
-
-        return await self._run(call)
+        pods = await self._call(
+            "GET",
+            f"/api/v1/namespaces/{_name(namespace)}/pods",
+            accept=f"{METADATA_LIST},application/json",
+            params={"labelSelector": label_selector},
+        )
+        return [
+            {
+                "metadata": {
+                    "name": (p.get("metadata") or {}).get("name"),
+                    "annotations": (p.get("metadata") or {}).get("annotations") or {},
+                }
+            }
+            for p in pods.get("items") or []
+        ]
 
     async def apply_webhook_configuration(self, body: dict[str, Any]) -> None:
         """Create the (Mutating|Validating)WebhookConfiguration, or bring it to ``body``."""
-        admission = client.AdmissionregistrationV1Api(self._api)
-        mutating = body["kind"] == "MutatingWebhookConfiguration"
-        create = (
-            admission.create_mutating_webhook_configuration
-            if mutating
-            else admission.create_validating_webhook_configuration
-        )
-        patch = (
-            admission.patch_mutating_webhook_configuration
-            if mutating
-            else admission.patch_validating_webhook_configuration
-        )
-
-        def call() -> None:
-            try:
-                create(body)
-            except ApiException as err:
-                if err.status != 409:
-                    raise
-                patch(body["metadata"]["name"], body)
-
-        await self._run(call)
+        kind = body["kind"].lower() + "s"  # mutatingwebhookconfigurations, validating...
+        try:
+            await self._call("POST", f"{_ADMISSION}/{kind}", body)
+        except KubeAPIError as err:
+            if err.status != 409:
+                raise
+            path = f"{_ADMISSION}/{kind}/{_name(body['metadata']['name'])}"
+            await self._call("PATCH", path, body, content_type=MERGE_PATCH)
 
     async def apply_cluster_object(self, plural: str, body: dict[str, Any]) -> bool:
         """Create a cluster-scoped object of ``body``'s apiVersion, or merge-patch it to ``body``.
@@ -279,45 +415,27 @@ class KubeClient:
         return await self._run(call)
 
     async def delete_webhook_configurations(self, name: str) -> None:
-        admission = client.AdmissionregistrationV1Api(self._api)
-
-        def call() -> None:
-            for delete in (
-                admission.delete_mutating_webhook_configuration,
-                admission.delete_validating_webhook_configuration,
-            ):
-                try:
-                    delete(name)
-                except ApiException as err:
-                    if err.status != 404:
-                        raise
-
-        await self._run(call)
+        for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+            try:
+                await self._call("DELETE", f"{_ADMISSION}/{kind}/{_name(name)}")
+            except KubeAPIError as err:
+                if err.status != 404:
+                    raise
 
     async def patch_workload(
         self, namespace: str, kind: str, name: str, body: dict[str, Any]
     ) -> bool:
         """Patch a Deployment, StatefulSet or DaemonSet; False when it does not exist."""
-        apps = client.AppsV1Api(self._api)
-        patch = {
-            "Deployment": apps.patch_namespaced_deployment,
-            "StatefulSet": apps.patch_namespaced_stateful_set,
-            "DaemonSet": apps.patch_namespaced_daemon_set,
-        }[kind]
+        path = f"/apis/apps/v1/namespaces/{_name(namespace)}/{_WORKLOADS[kind]}/{_name(name)}"
+        try:
+            await self._call("PATCH", path, body, content_type=MERGE_PATCH)
+        except KubeAPIError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
 
-        def call() -> bool:
-            try:
-                patch(name, namespace, body)
-            except ApiException as err:
-                if err.status == 404:
-                    return False
-                raise
-            return True
-
-        return await self._run(call)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._api.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,19 +114,39 @@ def test_the_operator_account_has_what_it_needs_and_nothing_broader(
         assert not can_i(cluster, verb, resource, *args), f"can {verb} {resource} {args}"
 
 
-@pytest.fixture
-def operator_kubeconfig(cluster: Cluster, operator_rbac: None, tmp_path: Path) -> Path:
+EXEC_API = "client.authentication.k8s.io/v1"
+
+
+@pytest.fixture(params=["token", "exec"])
+def operator_kubeconfig(
+    request: pytest.FixtureRequest, cluster: Cluster, operator_rbac: None, tmp_path: Path
+) -> Path:
+    """A kubeconfig user with the ServiceAccount's token, inline or from an ``exec`` plugin
+    (the operator then logs in through the ``kubernetes`` package: see runner.py)."""
     token = cluster.kubectl(
         "create", "token", OPERATOR_SA, "-n", OPERATOR_NS, "--duration=1h"
     ).stdout.strip()
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     current = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
     server = next(c for c in admin["clusters"] if c["name"] == current["context"]["cluster"])
+    user: dict[str, Any] = {"token": token}
+    if request.param == "exec":
+        credential = {"apiVersion": EXEC_API, "kind": "ExecCredential", "status": {"token": token}}
+        plugin = tmp_path / "credential.json"
+        plugin.write_text(json.dumps(credential))
+        user = {
+            "exec": {
+                "apiVersion": EXEC_API,
+                "command": sys.executable,
+                "args": ["-c", f"print(open({str(plugin)!r}).read())"],
+                "interactiveMode": "Never",
+            }
+        }
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [server],
-        "users": [{"name": OPERATOR_SA, "user": {"token": token}}],
+        "users": [{"name": OPERATOR_SA, "user": user}],
         "contexts": [
             {"name": "operator", "context": {"cluster": server["name"], "user": OPERATOR_SA}}
         ],
@@ -177,6 +198,9 @@ def test_the_operator_does_its_job_with_only_its_rbac(
         log = op.log()
         assert "Forbidden" not in log and " 403" not in log, log[-3000:]
         assert SECRET_VALUE not in log
+        plugin_login = "runs an 'exec' credential plugin: logging in through the kubernetes"
+        user = yaml.safe_load(operator_kubeconfig.read_text())["users"][0]["user"]
+        assert (plugin_login in log) == ("exec" in user), log[-3000:]
     finally:
         cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)
 

@@ -392,27 +392,20 @@ class KubeClient:
 
         False when the cluster has no such resource (404) or forbids it (403).
         """
-        group, version = body["apiVersion"].split("/")
-
-        def call() -> bool:
+        collection = f"/apis/{body['apiVersion']}/{plural}"
+        try:
             try:
-                self._custom.create_cluster_custom_object(group, version, plural, body)
-            except ApiException as err:
-                if err.status in (403, 404):
-                    return False
+                await self._call("POST", collection, body)
+            except KubeAPIError as err:
                 if err.status != 409:
                     raise
-                try:
-                    self._custom.patch_cluster_custom_object(
-                        group, version, plural, body["metadata"]["name"], body
-                    )
-                except ApiException as again:
-                    if again.status in (403, 404):
-                        return False
-                    raise
-            return True
-
-        return await self._run(call)
+                path = f"{collection}/{_name(body['metadata']['name'])}"
+                await self._call("PATCH", path, body, content_type=MERGE_PATCH)
+        except KubeAPIError as err:
+            if err.status in (403, 404):
+                return False
+            raise
+        return True
 
     async def delete_webhook_configurations(self, name: str) -> None:
         for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):

@@ -142,8 +142,17 @@ def create_batch(
     started: dict[str, float] = {}
 
     def create(name: str) -> None:
-        started[name] = time.monotonic()
-        custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, grant_body(name, ttl))
+        for attempt in range(10):
+            started[name] = time.monotonic()
+            try:
+                custom.create_namespaced_custom_object(
+                    GROUP, VERSION, NS, PLURAL, grant_body(name, ttl)
+                )
+                return
+            except kubernetes.client.ApiException as err:  # 503 while a new CRD settles in
+                if err.status != 503 or attempt == 9:
+                    raise
+                time.sleep(0.5)
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=32) as pool:

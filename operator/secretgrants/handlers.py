@@ -299,8 +299,9 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     tracing.shutdown()  # flush the spans still batched
 
 
+# The indexes are async: kopf runs a sync handler in a thread, a hop per watch event.
 @kopf.index("serviceaccounts")
-def service_accounts(
+async def service_accounts(
     namespace: str | None, name: str | None, uid: str | None, **_: Any
 ) -> dict[tuple[str, str], str]:
     """ServiceAccount UIDs from the watch stream: binding checks need no API call."""
@@ -308,12 +309,12 @@ def service_accounts(
 
 
 @kopf.index("namespaces")
-def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+async def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
     return {name: dict(labels)}
 
 
 @kopf.index(*TENANTS)
-def tenant_sources(name: str, spec: kopf.Spec, **_: Any) -> dict[str, TenantSource | None]:
+async def tenant_sources(name: str, spec: kopf.Spec, **_: Any) -> dict[str, TenantSource | None]:
     try:
         return {"all": TenantSource.from_object(name, dict(spec))}
     except Exception:  # an invalid tenant claims nothing; its own status says why

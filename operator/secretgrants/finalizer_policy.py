@@ -8,7 +8,8 @@ cycle per grant. This policy has the apiserver add it in the create request
 grant it can decide at once.
 
 The policy is an optimisation, never a condition: where it is absent (a cluster
-older than Kubernetes 1.36, no RBAC for it, or removed) kopf adds the finalizer
+older than Kubernetes 1.36, no RBAC for it, or removed), and for the moment after
+the operator creates it before the apiserver takes it up, kopf adds the finalizer
 as before. It matches only the namespaces the operator watches: a finalizer on a
 grant no operator handles would keep that grant from being deleted. Pure builders.
 """

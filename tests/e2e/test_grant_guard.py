@@ -161,10 +161,16 @@ def test_operator_bookkeeping_is_in_the_status_not_in_kopf_annotations(
     cluster: Cluster, namespace: str, tenants: list[str], operator: OperatorProcess
 ) -> None:
     make_tenant(cluster, tenants, [namespace], ["secret"])
+    body = json.dumps(grant("ann", namespace, "vault+kv2://secret/app"))
+
+    def policy_in_force() -> None:  # the apiserver takes up a new policy a moment after
+        probe = cluster.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=body)
+        assert json.loads(probe.stdout)["metadata"].get("finalizers"), probe.stdout
+
+    eventually(policy_in_force)
     created = json.loads(
         cluster.kubectl(
-            "create", "-o", "json", "-f", "-",
-            input=json.dumps(grant("ann", namespace, "vault+kv2://secret/app")),
+            "create", "-o", "json", "-f", "-", input=body,
         ).stdout
     )  # fmt: skip
     # the apiserver put the finalizer on in the create request (the operator's

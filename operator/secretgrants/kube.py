@@ -291,13 +291,7 @@ class KubeClient:
         """Empty the Secret's data (kubelets keep the last content of a deleted Secret)."""
         patch = {"data": None, "metadata": {"annotations": annotations}}  # null removes data
         path = f"/api/v1/namespaces/{_name(namespace)}/secrets/{_name(name)}"
-        try:
-            await self._call("PATCH", path, patch, content_type=MERGE_PATCH)
-        except KubeAPIError as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
+        return await self._merge_patch_if_present(path, patch)
 
     async def patch_grant_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         path = f"{_GRANTS.format(ns=_name(namespace))}/{_name(name)}/status"
@@ -420,6 +414,10 @@ class KubeClient:
     ) -> bool:
         """Patch a Deployment, StatefulSet or DaemonSet; False when it does not exist."""
         path = f"/apis/apps/v1/namespaces/{_name(namespace)}/{_WORKLOADS[kind]}/{_name(name)}"
+        return await self._merge_patch_if_present(path, body)
+
+    async def _merge_patch_if_present(self, path: str, body: dict[str, Any]) -> bool:
+        """Merge-patch the object at ``path``; False when it does not exist (404)."""
         try:
             await self._call("PATCH", path, body, content_type=MERGE_PATCH)
         except KubeAPIError as err:

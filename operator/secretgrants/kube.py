@@ -269,13 +269,8 @@ class KubeClient:
 
     async def service_account_uid(self, namespace: str, name: str) -> str | None:
         path = f"/api/v1/namespaces/{_name(namespace)}/serviceaccounts/{_name(name)}"
-        try:
-            sa = await self._call("GET", path)
-        except KubeAPIError as err:
-            if err.status == 404:
-                return None
-            raise
-        return str(sa["metadata"]["uid"])
+        sa = await self._get_if_present(path)
+        return str(sa["metadata"]["uid"]) if sa is not None else None
 
     async def upsert_secret(self, namespace: str, body: dict[str, Any]) -> None:
         """Create the Secret, or replace its data, labels and annotations if it exists."""
@@ -298,13 +293,7 @@ class KubeClient:
         await self._call("PATCH", path, {"status": status}, content_type=MERGE_PATCH)
 
     async def read_grant(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            obj = await self._call("GET", f"{_GRANTS.format(ns=_name(namespace))}/{_name(name)}")
-        except KubeAPIError as err:
-            if err.status == 404:
-                return None
-            raise
-        return dict(obj)
+        return await self._get_if_present(f"{_GRANTS.format(ns=_name(namespace))}/{_name(name)}")
 
     async def replace_grant_status(
         self, namespace: str, obj: dict[str, Any]
@@ -331,12 +320,9 @@ class KubeClient:
     async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes | None:
         """One key of one Secret (only tenant salts, in the operator's namespace)."""
         path = f"/api/v1/namespaces/{_name(namespace)}/secrets/{_name(name)}"
-        try:
-            secret = await self._call("GET", path)
-        except KubeAPIError as err:
-            if err.status == 404:
-                return None
-            raise
+        secret = await self._get_if_present(path)
+        if secret is None:
+            return None
         raw = (secret.get("data") or {}).get(key)
         return b64decode(raw) if raw else None
 
@@ -415,6 +401,16 @@ class KubeClient:
         """Patch a Deployment, StatefulSet or DaemonSet; False when it does not exist."""
         path = f"/apis/apps/v1/namespaces/{_name(namespace)}/{_WORKLOADS[kind]}/{_name(name)}"
         return await self._merge_patch_if_present(path, body)
+
+    async def _get_if_present(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path``, or None when it does not exist (404)."""
+        try:
+            obj = await self._call("GET", path)
+        except KubeAPIError as err:
+            if err.status == 404:
+                return None
+            raise
+        return dict(obj)
 
     async def _merge_patch_if_present(self, path: str, body: dict[str, Any]) -> bool:
         """Merge-patch the object at ``path``; False when it does not exist (404)."""

@@ -10,13 +10,14 @@ PDP), then prints:
 * pod admission latency p50/p99 (client-side create round trip, which
   includes the mutating and validating webhook calls), for pods created one
   by one and 20 at a time, and the webhook's own mean from its metrics;
-* operator RSS (VmRSS) with N live grants;
+* operator RSS (VmRSS) with N live grants: the highest seen while they were being
+  created, and the settled figure after the operator's next heap trim;
 * with ``--expire N``: N more grants with a short TTL, applied at once while the
   others live; how late each is seen Expired after its expiresAt (p50/p99), and
   that every one of their delivery Secrets was emptied.
 
     .venv/bin/python bench/grants.py [--sizes 1,100,1000] [--rss 1000,5000] [--pods 200]
-                                     [--expire 0]
+                                     [--expire 0] [--hold 0]
 
 Targets (issue 6): p50 <= 50 ms and p99 <= 250 ms at 100 concurrent; >= 50
 grants/s; admission p99 <= 20 ms; RSS <= 150 MB at 5,000 grants.
@@ -48,6 +49,7 @@ from secretgrants.devenv import LocalControlPlane, VaultDevServer  # noqa: E402
 from secretgrants.devenv.processes import free_port, wait_until  # noqa: E402
 
 NS = "bench"
+HEAP_TRIM_SECONDS = 10  # the operator's default SECRETGRANTS_HEAP_TRIM_SECONDS
 GROUP, VERSION, PLURAL = "secretgrants.io", "v1alpha1", "secretgrantrequests"
 URI = "vault+kv2://secret/bench/db#password"
 POLICY = {
@@ -195,6 +197,28 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+class PeakRss:
+    """The highest RSS of ``pid`` seen while the block runs (sampled every 50 ms)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakRss:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, rss_mb(self.pid))
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def pod_body(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -266,6 +290,12 @@ def main() -> int:
     parser.add_argument("--rss", default="1000,5000")
     parser.add_argument("--pods", type=int, default=200)
     parser.add_argument("--expire", type=int, default=0)
+    parser.add_argument(
+        "--hold",
+        type=float,
+        default=0,
+        help="seconds to keep everything running after the figures (to attach py-spy or gdb)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     rss_points = [int(s) for s in args.rss.split(",") if s]
@@ -385,18 +415,27 @@ def main() -> int:
             print(f"  webhook server-side mean over {int(count)} reviews: {ms(total / count)}")
         print("  target: admission p99 <= 20 ms\n")
 
-        print("operator RSS with live grants")
+        print("operator RSS with live grants     highest while creating   settled")
         for point in rss_points:
-            while live < point:
-                chunk = min(500, point - live)
-                create_batch(custom, watch, chunk, f"r{live}")
-                live += chunk
-            time.sleep(2)
-            print(f"  {point:5d} grants: {rss_mb(operator.pid):6.0f} MB")
+            with PeakRss(operator.pid) as peak:
+                while live < point:
+                    chunk = min(500, point - live)
+                    create_batch(custom, watch, chunk, f"r{live}")
+                    live += chunk
+            # Settled: the operator works through the watch events of its own writes for a
+            # while after the last grant shows Granted; two heap trims later it is done.
+            time.sleep(2 * HEAP_TRIM_SECONDS + 2)
+            highest = f"{peak.peak:6.0f} MB" if peak.peak else "     - MB"
+            print(
+                f"  {point:5d} grants:                  {highest}     {rss_mb(operator.pid):6.0f} MB"
+            )
         print("  target: <= 150 MB at 5,000 grants")
         if args.expire:
             expiry(core, custom, watch, args.expire, live)
         watch.stop.set()
+        if args.hold:
+            print(f"holding for {args.hold:g}s (operator pid {operator.pid})", flush=True)
+            time.sleep(args.hold)
         return 0
     finally:
         if operator is not None:

@@ -43,6 +43,7 @@ from secretgrants.grants import (
     revoked_status,
     settled,
 )
+from secretgrants.heap import HeapTrimmer
 from secretgrants.kube import KubeClient
 from secretgrants.kube import login as kube_login
 from secretgrants.lifecycle import (
@@ -220,6 +221,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     # loaded 2-core machine, measured) scans only what grants and requests allocate.
     gc.collect()
     gc.freeze()
+    memo.heap = HeapTrimmer(cfg.heap_trim_seconds)
+    memo.heap.start()
 
 
 async def _apply_finalizer_policy(kube: KubeClient, cfg: Settings) -> None:
@@ -279,6 +282,8 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     # grants are refused (failurePolicy Fail), never admitted unchecked.
     if memo.get("tending") is not None:
         await memo.tending.scheduler.stop()
+    if memo.get("heap") is not None:
+        await memo.heap.stop()
     if memo.get("webhook") is not None:
         await memo.webhook.stop()
     if memo.get("diagnostics") is not None:

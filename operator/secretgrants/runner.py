@@ -10,12 +10,11 @@ so then it loads, and kopf's ``login_via_client`` logs in as before.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import os
 import sys
 
+from secretgrants.heap import limit_malloc_arenas
 from secretgrants.kubeconfig import client_library_needed
 
 __all__ = ["keep_client_library_out", "run_operator"]
@@ -32,26 +31,6 @@ def keep_client_library_out() -> str | None:
     if plugin is None:
         sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
     return plugin
-
-
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def limit_malloc_arenas(count: int = 2) -> bool:
-    """Have glibc share ``count`` malloc arenas among all threads (MALLOC_ARENA_MAX).
-
-    By default each thread that allocates may get an arena of its own (up to eight per
-    core), and memory freed in one is not reused by another: after a burst of grants the
-    operator kept tens of MB it no longer used. Call before threads start. An explicit
-    MALLOC_ARENA_MAX in the environment wins; a libc other than glibc is left alone.
-    """
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_ARENA_MAX, count))
-    except (OSError, AttributeError):
-        return False
 
 
 def run_operator(*, namespace: str | None, liveness: str | None, verbose: bool = False) -> int:

@@ -45,6 +45,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: Any
+    query: str = ""
 
 
 Answer = tuple[int, Any]
@@ -78,8 +79,8 @@ def stub() -> Iterator[StubVault]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else None
-            path = self.path.split("?", 1)[0]
-            seen = Seen(self.command, path, dict(self.headers.items()), body)
+            path, _, query = self.path.partition("?")
+            seen = Seen(self.command, path, dict(self.headers.items()), body, query)
             state.seen.append(seen)
             route = state.routes.get((self.command, path))
             status, payload = route(seen) if route else (404, {"errors": []})
@@ -353,3 +354,64 @@ def assert_clean(exc: BaseException) -> None:
             assert TOKEN not in text, f"{type(current).__name__} leaks the token: {text}"
         current = current.__cause__ or current.__context__
     assert exc.__cause__ is None and exc.__context__ is None
+
+
+# ---------------------------------------------------------------- reads on the event loop
+
+
+async def test_reads_do_not_wait_for_the_thread_pool(stub: StubVault) -> None:
+    """A grant decision's two reads run on the loop: a pool busy with writes delays neither."""
+    stub.on("GET", "/v1/auth/token/lookup-self", (200, {"data": {"ttl": 0}}))
+    stub.on("GET", "/v1/secret/data/app/db", READ_OK)
+    stub.on("GET", "/v1/secret/metadata/app/db", (200, {"data": {"current_version": 4}}))
+    p = KV2Provider(stub.addr, TokenAuth(TOKEN), max_workers=1)
+    release = threading.Event()
+    try:
+        await p.read_metadata(URI)  # logs in (lookup-self, in the pool)
+        busy = asyncio.get_running_loop().run_in_executor(p._executor, release.wait, 10)
+        data = await asyncio.wait_for(p.read(URI), 5)
+        meta = await asyncio.wait_for(p.read_metadata(URI), 5)
+        assert not busy.done()
+        release.set()
+        await busy
+    finally:
+        release.set()
+        await p.close()
+    assert data.data == {"password": SECRET} and data.version == 4
+    assert meta.current_version == 4
+    assert [s.headers.get("X-Vault-Token") for s in stub.requests_to("/v1/secret/data/app/db")] == [
+        TOKEN
+    ]
+
+
+async def test_a_read_that_gets_no_answer_times_out(stub: StubVault) -> None:
+    stub.on("GET", "/v1/auth/token/lookup-self", (200, {"data": {"ttl": 0}}))
+    answered = threading.Event()
+
+    def never(_: Seen) -> Answer:
+        answered.wait(5)
+        return READ_OK
+
+    stub.on("GET", "/v1/secret/data/app/db", never)
+    p = KV2Provider(stub.addr, TokenAuth(TOKEN), timeout=0.5)
+    try:
+        with pytest.raises(ProviderUnavailable, match=r"did not answer read within 0.5s") as err:
+            await p.read(URI)
+    finally:
+        answered.set()
+        await p.close()
+    assert_clean(err.value)
+
+
+async def test_a_versioned_read_asks_for_that_version(stub: StubVault) -> None:
+    stub.on("GET", "/v1/auth/token/lookup-self", (200, {"data": {"ttl": 0}}))
+    stub.on("GET", "/v1/secret/data/app/db", READ_OK)
+    p = KV2Provider(stub.addr, TokenAuth(TOKEN), namespace="team-a")
+    try:
+        stub.seen.clear()
+        await p.read(URI, version=4)
+    finally:
+        await p.close()
+    (seen,) = stub.requests_to("/v1/secret/data/app/db")
+    assert seen.headers.get("X-Vault-Namespace") == "team-a"
+    assert seen.query == "version=4"

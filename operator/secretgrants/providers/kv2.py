@@ -17,8 +17,11 @@ Errors are ours, and say nothing secret.
     and 5xx are ``ProviderUnavailable`` (retried by the handlers).
 
 hvac blocks; the operator does not.
-    Every call runs in a small dedicated thread pool, on one ``hvac.Client``
-    (one ``requests`` session) per provider, with the configured timeout.
+    The two reads a grant decision makes (``read_metadata``, ``read``) run on
+    the event loop (:mod:`.vault_http`, aiohttp). Every other call (logins,
+    renewals, writes) runs in a small dedicated thread pool, on one
+    ``hvac.Client`` (one ``requests`` session) per provider. Both use the
+    configured timeout and fail the same way.
 
 The token stays valid.
     Authentication is a :class:`VaultAuth` (static token, AppRole or the
@@ -38,13 +41,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote
 
+import aiohttp
 import hvac
 import hvac.exceptions
 import requests
@@ -70,6 +74,7 @@ from secretgrants.providers.base import (
     parse_timestamp,
     to_text,
 )
+from secretgrants.providers.vault_http import VaultReads
 from secretgrants.settings import Settings, VaultAuthMethod
 from secretgrants.uri import SecretURI
 
@@ -430,15 +435,17 @@ class KV2Provider:
         self.url = url
         self.auth = auth
         self.timeout = timeout
+        verify = _env_ca_bundle() if verify is True else verify
         # token="" so that hvac never picks VAULT_TOKEN or ~/.vault-token up by itself.
         self._client = hvac.Client(
             url=url,
             token="",
             namespace=namespace,
             timeout=timeout,
-            verify=_env_ca_bundle() if verify is True else verify,
+            verify=verify,
             session=_session_for(url),
         )
+        self._reads = VaultReads(url, namespace=namespace, timeout=timeout, verify=verify)
         self._executor = ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix=f"sg-{provider}-kv2"
         )
@@ -476,6 +483,15 @@ class KV2Provider:
             # An answer of an unexpected shape; classified, never shown.
             return _Failed(exc)
 
+    @staticmethod
+    async def _attempt_async(fn: Callable[[], Awaitable[_T]]) -> _T | _Failed:
+        try:
+            return await fn()
+        except (hvac.exceptions.VaultError, aiohttp.ClientError, TimeoutError) as exc:
+            return _Failed(exc)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return _Failed(exc)
+
     def _translate(
         self,
         op: str,
@@ -484,11 +500,11 @@ class KV2Provider:
     ) -> ProviderError:
         """Our error for an hvac/requests exception. Reads type and status, never the text."""
         label = self._label
-        if isinstance(exc, requests.exceptions.Timeout):
+        if isinstance(exc, requests.exceptions.Timeout | TimeoutError):
             return ProviderUnavailable(f"{label} did not answer {op} within {self.timeout:g}s")
-        if isinstance(exc, requests.exceptions.ConnectionError):
+        if isinstance(exc, requests.exceptions.ConnectionError | aiohttp.ClientConnectionError):
             return ProviderUnavailable(f"{label} is unreachable ({op})")
-        if isinstance(exc, requests.exceptions.RequestException):
+        if isinstance(exc, requests.exceptions.RequestException | aiohttp.ClientError):
             return ProviderUnavailable(f"{label} request failed ({op}): {type(exc).__name__}")
         if isinstance(exc, KeyError | TypeError | ValueError | AttributeError):
             return ProviderUnavailable(f"{label} sent an answer of unexpected shape ({op})")
@@ -635,6 +651,48 @@ class KV2Provider:
     ) -> _T:
         return await self._run(lambda: self._call_sync(op, fn, not_found))
 
+    def _settled_generation(self) -> int | None:
+        """The token generation when the token needs nothing now (no login, no renewal)."""
+        lease = self._lease
+        if lease is None:
+            return None
+        refresh_at = lease.refresh_at
+        if refresh_at is not None and time.monotonic() >= refresh_at:
+            return None
+        return self._generation
+
+    async def _get(
+        self,
+        op: str,
+        path_format: str,
+        not_found: Callable[[BaseException], ProviderError],
+        params: Mapping[str, str] | None = None,
+        **path: str,
+    ) -> Any:
+        """``_call_sync`` for a GET on the event loop: the same token rules, the same errors."""
+        if self._closed:
+            raise ProviderUnavailable(f"the {self._label} provider is closed")
+        generation = self._settled_generation()
+        if generation is None:  # a login or a renewal first: hvac, in the pool
+            generation = await self._run(self._ensure_token)
+
+        def get() -> Awaitable[Any]:
+            return self._reads.get(path_format, self._client.token, params, **path)
+
+        result = await self._attempt_async(get)
+        if isinstance(result, _Failed) and isinstance(
+            result.exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized
+        ):
+            denied = result.exc
+            if await self._run(lambda: self._relogin_after_denial(generation, denied)):
+                result = await self._attempt_async(get)
+            del denied
+        if isinstance(result, _Failed):
+            error = self._translate(op, result.exc, not_found)
+            del result
+            raise error
+        return result
+
     def _body(self, response: Any, op: str) -> Mapping[str, Any]:
         """The ``data`` object of a JSON answer; ``ProviderUnavailable`` for anything else."""
         body = response.get("data") if isinstance(response, Mapping) else None
@@ -650,9 +708,31 @@ class KV2Provider:
     async def read(self, uri: SecretURI, version: int | None = None) -> SecretData:
         if version is not None:
             _check_versions([version], "read")
-        return await self._run(lambda: self._read_sync(uri, version))
+        response = await self._get(
+            "read",
+            "{mount}/data/{path}",
+            self._read_not_found(version),
+            None if version is None else {"version": str(version)},
+            mount=uri.mount,
+            path=uri.path,
+        )
+        return self._read_answer(response, uri, version)
 
     def _read_sync(self, uri: SecretURI, version: int | None) -> SecretData:
+        response = self._call_sync(
+            "read",
+            lambda _: self._kv().read_secret_version(
+                path=uri.path,
+                version=version,
+                mount_point=uri.mount,
+                raise_on_deleted_version=True,
+            ),
+            self._read_not_found(version),
+        )
+        return self._read_answer(response, uri, version)
+
+    @staticmethod
+    def _read_not_found(version: int | None) -> Callable[[BaseException], ProviderError]:
         which = "the latest version" if version is None else f"version {version}"
 
         def not_found(exc: BaseException) -> ProviderError:
@@ -670,16 +750,10 @@ class KV2Provider:
                 return SecretNotFound("read: secret not found")
             return SecretNotFound(f"read: {which} of the secret does not exist")
 
-        response = self._call_sync(
-            "read",
-            lambda _: self._kv().read_secret_version(
-                path=uri.path,
-                version=version,
-                mount_point=uri.mount,
-                raise_on_deleted_version=True,
-            ),
-            not_found,
-        )
+        return not_found
+
+    def _read_answer(self, response: Any, uri: SecretURI, version: int | None) -> SecretData:
+        which = "the latest version" if version is None else f"version {version}"
         body = self._body(response, "read")
         meta = body.get("metadata") or {}
         if not isinstance(meta, Mapping):
@@ -709,7 +783,15 @@ class KV2Provider:
         )
 
     async def read_metadata(self, uri: SecretURI) -> SecretMetadata:
-        return await self._run(lambda: self._read_metadata_sync(uri))
+        op = "read_metadata"
+        response = await self._get(
+            op,
+            "{mount}/metadata/{path}",
+            lambda _: SecretNotFound(f"{op}: secret not found"),
+            mount=uri.mount,
+            path=uri.path,
+        )
+        return self._metadata_answer(response, op)
 
     def _read_metadata_sync(self, uri: SecretURI, op: str = "read_metadata") -> SecretMetadata:
         response = self._call_sync(
@@ -717,6 +799,9 @@ class KV2Provider:
             lambda _: self._kv().read_secret_metadata(path=uri.path, mount_point=uri.mount),
             lambda _: SecretNotFound(f"{op}: secret not found"),
         )
+        return self._metadata_answer(response, op)
+
+    def _metadata_answer(self, response: Any, op: str) -> SecretMetadata:
         body = self._body(response, op)
         versions: dict[int, VersionInfo] = {}
         raw_versions = body.get("versions") or {}
@@ -926,6 +1011,7 @@ class KV2Provider:
         self._closed = True
         await asyncio.to_thread(self._executor.shutdown, True)
         self._client.adapter.close()
+        await self._reads.close()
 
 
 class _EmptyList(SecretNotFound):

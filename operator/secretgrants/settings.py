@@ -162,11 +162,24 @@ class Settings(BaseSettings):
     vault_namespace: str | None = Field(
         default=None, validation_alias=AliasChoices("VAULT_NAMESPACE", "vault_namespace")
     )
+    vault_ca_cert: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("VAULT_CACERT", "VAULT_CAPATH", "vault_ca_cert"),
+        description=(
+            "PEM file (or directory of them) of the CAs that sign Vault's TLS certificate; "
+            "the public CAs (certifi) when unset. There is no setting to skip verification."
+        ),
+    )
     openbao_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENBAO_URL", "BAO_ADDR", "openbao_url")
     )
     openbao_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("OPENBAO_TOKEN", "BAO_TOKEN", "openbao_token")
+    )
+    openbao_ca_cert: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENBAO_CACERT", "BAO_CACERT", "openbao_ca_cert"),
+        description="PEM file (or directory) of the CAs that sign OpenBao's TLS certificate.",
     )
     yaml_vault_path: Path | None = Field(
         default=None, validation_alias=AliasChoices("YAML_VAULT_PATH", "yaml_vault_path")

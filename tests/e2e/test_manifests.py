@@ -299,3 +299,30 @@ def test_helm_kafka_tls_and_sasl_password_from_a_secret() -> None:
     assert ca == f"{mount['mountPath']}/ca.crt" and mount["readOnly"] is True
     volume = next(v for v in pod["volumes"] if v["name"] == "kafka-tls")
     assert volume["secret"]["secretName"] == "kafka-ca"
+
+
+def test_helm_vault_ca_from_a_secret() -> None:
+    """A private CA for Vault comes from a mounted Secret and is named by VAULT_CACERT."""
+    rendered = _helm(
+        "template",
+        "sg",
+        str(REPO / "charts" / "secretgrants"),
+        "--kube-version",
+        "1.36.0",
+        "--set",
+        "provider.vault.url=https://vault.vault.svc:8200",
+        "--set",
+        "provider.vault.caSecret=vault-ca",
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "vault-tls")
+    assert env["VAULT_CACERT"] == f"{mount['mountPath']}/ca.crt" and mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == "vault-tls")
+    assert volume["secret"] == {
+        "secretName": "vault-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }

@@ -579,6 +579,47 @@ async def test_timeout_is_unavailable(base: str) -> None:
         assert time.monotonic() - started < 10
 
 
+# ---------------------------------------------------------------- TLS
+
+
+async def test_tls_with_a_private_ca(tmp_path: Path) -> None:
+    """A Vault whose certificate a private CA signs: VAULT_CACERT, on every code path."""
+    server = VaultDevServer(tmp_path, tls=True).start()
+    uri = parse_secret_uri("vault+kv2://secret/tls/db")
+    try:
+        trusted = build_kv2_provider(
+            Settings(
+                vault_url=server.addr,
+                vault_token=server.root_token,
+                vault_ca_cert=server.ca_cert,
+            )
+        )
+        try:
+            await trusted.write(uri, {"password": SECRET}, actor=ALICE)  # hvac, in the pool
+            data = await trusted.read(uri)  # aiohttp, on the loop
+            meta = await trusted.read_metadata(uri)
+        finally:
+            await trusted.close()
+        assert dict(data.data) == {"password": SECRET} and meta.current_version == 1
+
+        # Without the CA: refused, named as a certificate problem, for both paths.
+        untrusted = build_kv2_provider(
+            Settings(vault_url=server.addr, vault_token=server.root_token)
+        )
+        try:
+            for call in (untrusted.read(uri), untrusted.write(uri, {"k": "v"}, actor=ALICE)):
+                with pytest.raises(ProviderUnavailable, match="TLS certificate was not accepted"):
+                    await call
+        finally:
+            await untrusted.close()
+    finally:
+        server.stop()
+    with pytest.raises(ValueError, match="VAULT_CACERT names"):
+        build_kv2_provider(
+            Settings(vault_url=server.addr, vault_token="t", vault_ca_cert=tmp_path / "nope.pem")
+        )
+
+
 # ---------------------------------------------------------------- settings and registry
 
 

@@ -387,7 +387,7 @@ def _fragment_update(uri: SecretURI, data: Mapping[str, str]) -> dict[str, str] 
 # ------------------------------------------------------------------ provider
 
 
-def _session_for(url: str) -> requests.Session:
+def _session_for(url: str, verify: bool | str) -> requests.Session:
     """A requests session that reads the environment once, not on every call.
 
     By default requests looks up proxies, ~/.netrc and a CA bundle in the environment
@@ -397,6 +397,7 @@ def _session_for(url: str) -> requests.Session:
     session = requests.Session()
     session.proxies.update(requests.utils.get_environ_proxies(url))
     session.trust_env = False
+    session.verify = verify  # hvac takes the session's over its own ``verify`` argument
     return session
 
 
@@ -432,6 +433,7 @@ class KV2Provider:
     ) -> None:
         self._provider = provider
         self._label = "Vault" if provider == "vault" else "OpenBao"
+        self._ca_setting = "VAULT_CACERT" if provider == "vault" else "OPENBAO_CACERT"
         self.url = url
         self.auth = auth
         self.timeout = timeout
@@ -443,7 +445,7 @@ class KV2Provider:
             namespace=namespace,
             timeout=timeout,
             verify=verify,
-            session=_session_for(url),
+            session=_session_for(url, verify),
         )
         self._reads = VaultReads(url, namespace=namespace, timeout=timeout, verify=verify)
         self._executor = ThreadPoolExecutor(
@@ -500,6 +502,11 @@ class KV2Provider:
     ) -> ProviderError:
         """Our error for an hvac/requests exception. Reads type and status, never the text."""
         label = self._label
+        if isinstance(exc, requests.exceptions.SSLError | aiohttp.ClientSSLError):
+            return ProviderUnavailable(
+                f"{label}'s TLS certificate was not accepted ({op}): check "
+                f"{self._ca_setting} names the CA that signs it"
+            )
         if isinstance(exc, requests.exceptions.Timeout | TimeoutError):
             return ProviderUnavailable(f"{label} did not answer {op} within {self.timeout:g}s")
         if isinstance(exc, requests.exceptions.ConnectionError | aiohttp.ClientConnectionError):
@@ -1043,6 +1050,7 @@ def build_kv2_provider(
             TokenAuth(settings.openbao_token.get_secret_value()),
             provider="openbao",
             timeout=settings.provider_timeout_seconds,
+            verify=_ca(settings.openbao_ca_cert, "OPENBAO_CACERT"),
         )
     if not settings.vault_url:
         raise ValueError("the vault provider needs VAULT_URL (or VAULT_ADDR)")
@@ -1076,4 +1084,14 @@ def build_kv2_provider(
         provider="vault",
         namespace=settings.vault_namespace,
         timeout=settings.provider_timeout_seconds,
+        verify=_ca(settings.vault_ca_cert, "VAULT_CACERT"),
     )
+
+
+def _ca(path: Path | None, setting: str) -> bool | str:
+    """The CA bundle to verify the server with: the setting's file or directory, or the default."""
+    if path is None:
+        return True
+    if not path.exists():
+        raise ValueError(f"{setting} names {str(path)!r}, which does not exist")
+    return str(path)

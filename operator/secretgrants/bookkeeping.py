@@ -25,6 +25,12 @@ import kopf
 __all__ = ["FIELD", "SpecDigestStorage", "progress_storage"]
 
 FIELD = "kopf"  # status.kopf.progress, status.kopf.last-handled-configuration
+_KEPT_METADATA = ("labels", "annotations")  # the metadata kopf's essence keeps
+
+
+def _root(field: Any) -> str:
+    """The top-level key of a kopf field spec ("status.phase", ("spec", "keys"), ...)."""
+    return (field.split(".", 1)[0] if isinstance(field, str) else str(next(iter(field), ""))) or ""
 
 
 def digest(value: Any) -> str:
@@ -37,6 +43,21 @@ class SpecDigestStorage(kopf.StatusDiffBaseStorage):
 
     def __init__(self) -> None:
         super().__init__(name=FIELD)
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        """kopf's essence of ``body``, without deep-copying what it then throws away.
+
+        kopf copies the whole body (status, managedFields and all) and then deletes
+        most of it: ~7 % of the operator's CPU per grant (py-spy, bench/grants.py),
+        for two builds per watch event. Only the kept parts are handed on here.
+        """
+        fields = list(extra_fields or ())  # e.g. ("spec",) for on.update(field="spec")
+        if any(_root(field) in ("metadata", "status") for field in fields):
+            return super().build(body=body, extra_fields=fields)  # what is kept: kopf decides
+        slim = {key: value for key, value in body.items() if key not in ("metadata", "status")}
+        metadata = body.get("metadata") or {}
+        slim["metadata"] = {key: metadata[key] for key in _KEPT_METADATA if key in metadata}
+        return super().build(body=kopf.Body(slim), extra_fields=fields)  # type: ignore[arg-type]
 
     def store(self, *, body: Any, patch: Any, essence: Any) -> None:
         digests: Any = {part: digest(value) for part, value in dict(essence).items()}

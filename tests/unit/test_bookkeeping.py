@@ -60,3 +60,41 @@ def test_a_label_change_is_not_a_spec_change() -> None:
 
 def test_no_record_means_never_handled() -> None:
     assert SpecDigestStorage().fetch(body=body({"secretUri": URI})) is None
+
+
+def test_the_essence_is_kopfs_own() -> None:
+    """The slimmer build gives exactly what kopf's status storage builds for the same body."""
+    raw = {
+        "apiVersion": "secretgrants.io/v1alpha1",
+        "kind": "SecretGrantRequest",
+        "metadata": {
+            "name": "db",
+            "namespace": "team",
+            "uid": "u-1",
+            "resourceVersion": "42",
+            "generation": 3,
+            "finalizers": ["secretgrants.io/revoke"],
+            "labels": {"team": "a"},
+            "annotations": {
+                "note": "kept",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            },
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": {"secretUri": URI, "serviceAccountName": "app", "keys": ["password"]},
+        "status": {"phase": "Granted", "kopf": {"progress": {}}},
+    }
+    ours = SpecDigestStorage().build(body=kopf.Body(raw))  # type: ignore[arg-type]
+    kopfs = kopf.StatusDiffBaseStorage(name="kopf").build(body=kopf.Body(raw))  # type: ignore[arg-type]
+    assert ours == kopfs
+    for extra in ([("spec",)], [("status", "phase")], ["metadata.uid"]):  # handlers' fields
+        assert SpecDigestStorage().build(
+            body=kopf.Body(raw),  # type: ignore[arg-type]
+            extra_fields=extra,
+        ) == kopf.StatusDiffBaseStorage(name="kopf").build(
+            body=kopf.Body(raw),  # type: ignore[arg-type]
+            extra_fields=extra,
+        ), extra
+    assert ours["metadata"] == {"labels": {"team": "a"}, "annotations": {"note": "kept"}}
+    ours["spec"]["keys"].append("mutated")  # a copy: the body is left alone
+    assert raw["spec"]["keys"] == ["password"]

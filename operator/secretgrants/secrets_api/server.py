@@ -1,11 +1,13 @@
 """The Secrets API server: thin aiohttp routes over authentication, reads and management.
 
-Each route authenticates the caller (:mod:`.authentication`), parses its
+Each route authenticates the caller (:mod:`.authentication`), verifies its
+DPoP proof on a grant read (:func:`.binding.request_proof`), parses its
 input (400 ``InvalidRequest``), checks the scope of the operation when
 SECRETS_ENFORCE_SCOPES is on, and hands over to :class:`.reads.GrantReader`
-or :class:`.management.Manager`. Every answer that is not a 200 is an RFC
-9457 problem (unknown routes and methods too), and every refusal is
-audited. Request bodies are never logged: writes carry values in.
+or :class:`.management.Manager`.
+Every answer that is not a 200 is an RFC 9457 problem (unknown routes and
+methods too), and every refusal is audited. Request bodies are never
+logged: writes carry values in.
 
 TLS: the serving certificate of the webhook; with a client CA bundle
 (SECRETGRANTS_API_CLIENT_CA), the server asks for a client certificate
@@ -28,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from secretgrants import tracing
 from secretgrants.audit import Auditor, EventType, correlated
 from secretgrants.audit import Effect as AuditEffect
-from secretgrants.dpop import DPoPError, DPoPProof, verify_proof
+from secretgrants.dpop import DPoPProof
 from secretgrants.metrics import Metrics
 from secretgrants.policy.base import PolicyDecisionPoint
 from secretgrants.secrets_api.access_tokens import (
@@ -38,7 +40,7 @@ from secretgrants.secrets_api.access_tokens import (
     JWKSSource,
 )
 from secretgrants.secrets_api.authentication import Authenticator, Caller, TokenReviewer
-from secretgrants.secrets_api.binding import certificate_thumbprint
+from secretgrants.secrets_api.binding import certificate_thumbprint, request_proof
 from secretgrants.secrets_api.management import (
     IndexTenants,
     ManagementCall,
@@ -154,6 +156,12 @@ def _query_flag(request: web.Request, name: str) -> bool:
     if raw not in {"true", "false", "1", "0"}:
         raise _invalid(f"{name} is true or false")
     return raw in {"true", "1"}
+
+
+def _proof(request: web.Request, caller: Caller) -> DPoPProof | None:
+    return request_proof(
+        request.headers, method=request.method, url=str(request.url), caller=caller
+    )
 
 
 def _client_certificate(request: web.Request) -> str | None:
@@ -291,7 +299,7 @@ class SecretsAPI:
         try:
             caller = await self.auth.authenticate(request.headers, allow_anonymous=False)
             self.auth.require_scopes(caller, [Operation.READ])
-            proof = self._proof(request, caller)
+            proof = _proof(request, caller)
             body = await self.reader.read(
                 caller, namespace, name, proof=proof, certificate=_client_certificate(request)
             )
@@ -302,18 +310,6 @@ class SecretsAPI:
             raise
         await self._audit_read(AuditEffect.PERMIT, "Read", namespace, name, caller)
         return web.json_response(body, headers={"Cache-Control": "no-store"})
-
-    @staticmethod
-    def _proof(request: web.Request, caller: Caller) -> DPoPProof | None:
-        header = request.headers.get("DPoP")
-        if not header:
-            return None
-        try:
-            return verify_proof(
-                header, method=request.method, url=str(request.url), access_token=caller.token
-            )
-        except DPoPError as err:
-            raise Problem(401, "InvalidDPoPProof", str(err)) from None
 
     async def _audit_read(
         self,

@@ -1,10 +1,11 @@
 """The Secrets API server: thin aiohttp routes over authentication, reads and management.
 
 Each route authenticates the caller (:mod:`.authentication`), verifies its
-DPoP proof on a grant read (:func:`.binding.request_proof`), parses its
+DPoP proof when it uses DPoP (:func:`.binding.request_proof`), parses its
 input (400 ``InvalidRequest``), checks the scope of the operation when
 SECRETS_ENFORCE_SCOPES is on, and hands over to :class:`.reads.GrantReader`
-or :class:`.management.Manager`.
+or :class:`.management.Manager`; a management call that changes a secret
+first uses up its token's or proof's ``jti`` (:func:`.replay.use_once`).
 Every answer that is not a 200 is an RFC 9457 problem (unknown routes and
 methods too), and every refusal is audited. Request bodies are never
 logged: writes carry values in.
@@ -59,6 +60,7 @@ from secretgrants.secrets_api.openapi import PATHS, READ_PATH, openapi_document
 from secretgrants.secrets_api.operations import Operation, operation_for
 from secretgrants.secrets_api.problems import Problem
 from secretgrants.secrets_api.reads import GrantReader, GrantStore
+from secretgrants.secrets_api.replay import ReplayCache, use_once
 
 __all__ = ["APIStore", "SecretsAPI", "api_ssl_context", "settings_options"]
 
@@ -235,6 +237,7 @@ class SecretsAPI:
             auditor=self.auditor,
             metrics=self.metrics,
         )
+        self.management_replays = ReplayCache()
         self._runner: web.AppRunner | None = None
 
     @property
@@ -338,7 +341,7 @@ class SecretsAPI:
         parse: Callable[[web.Request], Awaitable[ManagementCall]],
         operation: Operation,
     ) -> web.Response:
-        """Authenticate, parse, check the scope, carry out: the shape of every management route."""
+        """Authenticate, verify DPoP, parse, check the scope, use the jti once, carry out."""
         with (
             correlated(request.headers.get("X-Request-ID")),
             tracing.span(tracing.SPAN_SECRETS_API, operation=operation.value),
@@ -354,8 +357,10 @@ class SecretsAPI:
         caller: Caller | None = None
         try:
             caller = await self.auth.authenticate(request.headers)
+            proof = _proof(request, caller)
             call = await parse(request)
             self.auth.require_scopes(caller, [call.operation])
+            use_once(self.management_replays, caller, proof, [call.operation])
         except Problem as problem:
             await self._audit_refusal(problem, operation.value, caller)
             raise
@@ -448,9 +453,11 @@ class SecretsAPI:
         caller: Caller | None = None
         try:
             caller = await self.auth.authenticate(request.headers)
+            proof = _proof(request, caller)
             body = await _body(request, BulkRequest)
-            calls = [ManagementCall.from_bulk(item) for item in body.operations]
-            self.auth.require_scopes(caller, [c.operation for c in calls])
+            operations = [ManagementCall.from_bulk(item).operation for item in body.operations]
+            self.auth.require_scopes(caller, operations)
+            use_once(self.management_replays, caller, proof, operations)
         except Problem as problem:
             await self._audit_refusal(problem, "bulk", caller)
             raise

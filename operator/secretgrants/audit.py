@@ -65,7 +65,7 @@ class EventType(StrEnum):
     GUARD_REJECTED = "guard_rejected"
     PROVIDER_ERROR = "provider_error"
     SECRET_MANAGED = "secret_managed"  # noqa: S105 - a Secrets API management call carried out
-    API_REFUSED = "api_refused"  # a Secrets API call refused before any decision (auth, scope)
+    API_REFUSED = "api_refused"  # refused before any decision (auth, DPoP, scope, replay)
 
 
 class Effect(StrEnum):

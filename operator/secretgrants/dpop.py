@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 __all__ = [
+    "PROOF_MAX_AGE_SECONDS",
     "DPoPError",
     "DPoPProof",
     "b64url",
@@ -41,6 +42,7 @@ ALGORITHMS = frozenset({"ES256", "RS256", "EdDSA"})
 _REQUIRED = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 MAX_PROOF_BYTES = 8192
+PROOF_MAX_AGE_SECONDS = 60  # a proof is accepted while |now - iat| stays within this
 
 
 class DPoPError(Exception):
@@ -142,7 +144,7 @@ def verify_proof(
     url: str,
     access_token: str | None,
     now: float | None = None,
-    max_age_seconds: int = 60,
+    max_age_seconds: int = PROOF_MAX_AGE_SECONDS,
 ) -> DPoPProof:
     """Check a DPoP proof for this request; DPoPError says why it fails."""
     if len(proof) > MAX_PROOF_BYTES:

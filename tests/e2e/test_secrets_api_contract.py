@@ -1,8 +1,10 @@
 """The live Secrets API against its own OpenAPI document, driven by schemathesis.
 
 What goes in: the operator (real apiserver, real Vault, built-in PDP with
-management rules), and a ServiceAccount token for the secrets audience.
-Schemathesis generates requests for every operation of the committed
+management rules), and a ServiceAccount token for the secrets audience,
+sent with a fresh DPoP proof for most requests (a change uses up a proof's
+``jti``; the token is sent again) and with the generated ``DPoP`` header for
+the rest. Schemathesis generates requests for every operation of the committed
 document (valid and invalid, from hypothesis). What is asserted: no answer
 is a 5xx, every status is documented for its operation, and every body has
 the documented content type and conforms to the documented schema.
@@ -21,6 +23,7 @@ import hypothesis
 import hypothesis.strategies as st
 import schemathesis
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -28,6 +31,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from secretgrants.dpop import sign_proof
 from tests.conftest import E2E_POLICY, REPO, Cluster, OperatorProcess, webhook_config_name
 from tests.e2e.kube import apply, get, tenant
 
@@ -87,7 +91,7 @@ def test_no_5xx_and_no_contract_violation(
     token = cluster.kubectl(
         "create", "token", "admin", "-n", namespace, "--duration=30m", "--audience=crud.secrets"
     ).stdout.strip()
-    headers = {"Authorization": f"Bearer {token}"}
+    key = ec.generate_private_key(ec.SECP256R1())
 
     schema = schemathesis.openapi.from_dict(
         json.loads((REPO / "docs" / "openapi.json").read_text())
@@ -100,7 +104,11 @@ def test_no_5xx_and_no_contract_violation(
     try:
         for operation in operations:
 
-            @hypothesis.given(case=operation.as_strategy(), steer=st.sampled_from(STEER))
+            @hypothesis.given(
+                case=operation.as_strategy(),
+                steer=st.sampled_from(STEER),
+                prove=st.sampled_from([True, True, True, False]),
+            )
             @hypothesis.settings(
                 max_examples=EXAMPLES_PER_OPERATION,
                 deadline=None,
@@ -109,10 +117,16 @@ def test_no_5xx_and_no_contract_violation(
                 suppress_health_check=list(hypothesis.HealthCheck),
                 phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
             )
-            def run(case: schemathesis.Case, steer: str | None) -> None:
+            def run(case: schemathesis.Case, steer: str | None, prove: bool) -> None:
                 nonlocal calls
                 if steer is not None:
                     aim(case, steer)
+                headers = {"Authorization": f"Bearer {token}"}
+                if prove:  # else the generated DPoP header, if any (a 401 when it is sent)
+                    url = op.api_url + case.formatted_path
+                    proof = sign_proof(key, method=case.method, url=url, access_token=token)
+                    case.headers["DPoP"] = proof
+                    headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
                 response = case.call(
                     base_url=op.api_url,
                     headers=headers,

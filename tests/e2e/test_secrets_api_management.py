@@ -8,8 +8,11 @@ YAML dev file and an OpenBao address where nothing listens. What is
 asserted: each endpoint permitted for ``admin`` and denied for ``app`` (403
 with the decision id), guard failure 400, unauthenticated 401, unsupported
 501, provider failure 502, not found 404, scopes (403 InsufficientScope with
-its WWW-Authenticate header), mTLS binding then mismatch, the anonymous
-caller, every answer a problem document, and no value in the log.
+its WWW-Authenticate header), one use of a token's or DPoP proof's ``jti`` per
+change (403 Replay, Vault untouched) and bad proofs (401 InvalidDPoPProof),
+mTLS binding then mismatch, the anonymous caller, every answer a problem
+document, and no value in the log. Calls that change a secret mint a fresh
+token each (Kubernetes tokens carry a ``jti``).
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ from urllib.parse import quote
 import httpx
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from secretgrants.client import SecretsAPIError, SecretsClient
-from secretgrants.devenv import free_port
+from secretgrants.devenv import VaultDevServer, free_port
+from secretgrants.dpop import sign_proof
 from secretgrants.pki import CertPair, new_ca, write_pair
+from secretgrants.secrets_api.access_tokens import unverified_claims
 from secretgrants.secrets_api.binding import certificate_thumbprint
 from tests.conftest import E2E_POLICY, SECRET_VALUE, Cluster, OperatorProcess, webhook_config_name
 from tests.e2e.kube import apply, eventually, get, grant, tenant
@@ -94,15 +100,22 @@ def sa_token(cluster: Cluster, ns: str, sa: str) -> str:
 
 
 class API:
-    """A small client of the management endpoints (the raw HTTP, to see every header)."""
+    """A small client of the management endpoints (the raw HTTP, to see every header).
 
-    def __init__(self, base: str, tls: ssl.SSLContext, token: str | None) -> None:
+    ``token`` is a token, or a function that mints a fresh one per call: a call that
+    changes a secret uses up its token's ``jti``.
+    """
+
+    def __init__(
+        self, base: str, tls: ssl.SSLContext, token: str | Callable[[], str] | None
+    ) -> None:
         self.base = base + "/api/secrets/v1"
         self.http = httpx.Client(verify=tls, timeout=10)
         self.token = token
 
     def call(self, method: str, path: str, body: Any = None, **query: str) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        token = self.token() if callable(self.token) else self.token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         qs = "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
         url = f"{self.base}{path}" + (f"?{qs}" if qs else "")
         return self.http.request(method, url, json=body, headers=headers)
@@ -131,8 +144,8 @@ def test_each_management_endpoint_permitted_and_denied(
     ns = mgmt_namespace
     op = start_operator_for(**mgmt_env)
     tls = ca_of(cluster, ns, tmp_path)
-    admin = API(op.api_url, tls, sa_token(cluster, ns, "admin"))
-    app = API(op.api_url, tls, sa_token(cluster, ns, "app"))
+    admin = API(op.api_url, tls, lambda: sa_token(cluster, ns, "admin"))
+    app = API(op.api_url, tls, lambda: sa_token(cluster, ns, "app"))
     uri = f"vault+kv2://secret/e2e-mgmt/{uuid.uuid4().hex[:8]}/db"
 
     # write (the tenant index may need a moment after the tenant was created)
@@ -261,6 +274,93 @@ def test_each_management_endpoint_permitted_and_denied(
     assert not [e for e in events if "e2e-mgmt" in json.dumps(e) or NEW_VALUE in json.dumps(e)]
 
 
+def vault_secret(vault: VaultDevServer, uri: str) -> dict[str, Any]:
+    """The latest version of a KV v2 secret as Vault itself has it (data and metadata)."""
+    path = uri.removeprefix("vault+kv2://secret/")
+    headers = {"X-Vault-Token": vault.root_token}
+    data = httpx.get(f"{vault.addr}/v1/secret/data/{path}", headers=headers, timeout=10)
+    meta = httpx.get(f"{vault.addr}/v1/secret/metadata/{path}", headers=headers, timeout=10)
+    return {"data": data.json()["data"]["data"], "metadata": meta.json()["data"]}
+
+
+def test_a_token_or_a_dpop_proof_changes_secrets_once(
+    cluster: Cluster,
+    mgmt_namespace: str,
+    start_operator_for: Callable[..., OperatorProcess],
+    mgmt_env: dict[str, str],
+    vault: VaultDevServer,
+    tmp_path: Path,
+) -> None:
+    ns = mgmt_namespace
+    op = start_operator_for(**mgmt_env)
+    tls = ca_of(cluster, ns, tmp_path)
+    uri = f"vault+kv2://secret/e2e-mgmt/{uuid.uuid4().hex[:8]}/db"
+    fresh = API(op.api_url, tls, lambda: sa_token(cluster, ns, "admin"))
+    eventually(
+        lambda: ok(fresh.call("POST", "/secrets", {"uri": uri, "data": {"password": "v1"}})),
+        timeout=20,
+    )
+
+    # a token's jti: one change, then every change with it is a Replay; reads need no fresh token
+    token = sa_token(cluster, ns, "admin")
+    assert unverified_claims(token)["jti"]
+    once = API(op.api_url, tls, token)
+    body = {"uri": uri, "data": {"password": NEW_VALUE}}
+    assert ok(once.call("POST", "/secrets/rotate", body))["version"] == 2
+    before = vault_secret(vault, uri)
+    assert before["data"] == {"password": NEW_VALUE}
+    replays = [
+        ("POST", "/secrets", {"uri": uri, "data": {"password": "v3"}}, {}),
+        ("POST", "/secrets/rotate", {"uri": uri, "data": {"password": "v3"}}, {}),
+        ("POST", "/metadata/owner", {"uri": uri, "owner": "someone"}, {}),
+        ("DELETE", "/secrets", None, {"uri": uri}),
+        ("DELETE", "/secrets", None, {"uri": uri, "versions": "1", "destroy": "true"}),
+        ("POST", "/secrets/undelete", {"uri": uri, "versions": [1]}, {}),
+        ("POST", "/secrets/destroy-versions", {"uri": uri, "versions": [1]}, {}),
+        ("POST", "/bulk", {"operations": [{"op": "delete", "uri": uri}]}, {}),
+    ]
+    for method, path, call_body, query in replays:
+        response = once.call(method, path, call_body, **query)
+        assert problem(response) == (403, "Replay"), (method, path, response.text)
+    assert ok(once.call("GET", "/metadata", uri=uri))["currentVersion"] == 2
+    assert vault_secret(vault, uri) == before  # nothing changed in Vault
+
+    # DPoP: a bad proof is a 401; a good one changes the secret once; a fresh one again
+    key = ec.generate_private_key(ec.SECP256R1())
+    bound = sa_token(cluster, ns, "admin")
+    url = f"{op.api_url}/api/secrets/v1/secrets/rotate"
+
+    def rotate(proof: str | None, value: str) -> httpx.Response:
+        headers = {"Authorization": f"DPoP {bound}", **({"DPoP": proof} if proof else {})}
+        rotated = {"uri": uri, "data": {"password": value}}
+        return httpx.post(url, json=rotated, headers=headers, verify=tls, timeout=10)
+
+    for bad in [
+        None,
+        "x.y.z",
+        sign_proof(key, method="GET", url=url, access_token=bound),
+        sign_proof(key, method="POST", url=url.replace("/rotate", ""), access_token=bound),
+        sign_proof(key, method="POST", url=url, access_token=token),
+        sign_proof(key, method="POST", url=url, access_token=bound, iat=1),
+    ]:
+        assert problem(rotate(bad, "bad")) == (401, "InvalidDPoPProof"), bad
+    assert vault_secret(vault, uri) == before
+    proof = sign_proof(key, method="POST", url=url, access_token=bound)
+    assert ok(rotate(proof, "v3"))["version"] == 3
+    assert problem(rotate(proof, "v4")) == (403, "Replay")
+    assert vault_secret(vault, uri)["data"] == {"password": "v3"}
+    again = sign_proof(key, method="POST", url=url, access_token=bound)
+    assert ok(rotate(again, "v4"))["version"] == 4  # the same token with a fresh proof
+
+    events = op.audit_events()
+    refused = [e["reason"] for e in events if e.get("type") == "api_refused"]
+    assert refused.count("Replay") == len(replays) + 1
+    assert refused.count("InvalidDPoPProof") == 6
+    dumped = json.dumps(events)
+    assert token not in dumped and bound not in dumped and proof not in dumped
+    assert NEW_VALUE not in op.log()
+
+
 class JWKSServer:
     """A JWK set on 127.0.0.1, as an issuer publishes it."""
 
@@ -307,8 +407,11 @@ def test_scopes_are_required_per_endpoint_when_enforced(
         uri = f"vault+kv2://secret/e2e-mgmt/{uuid.uuid4().hex[:8]}/db"
 
         def jwt(scope: str) -> API:
-            token = access_token(key, namespace=ns, service_account="admin", scope=scope)
-            return API(op.api_url, tls, token)
+            return API(
+                op.api_url,
+                tls,
+                lambda: access_token(key, namespace=ns, service_account="admin", scope=scope),
+            )
 
         writer = jwt("secrets.write secrets.read_metadata")
         eventually(

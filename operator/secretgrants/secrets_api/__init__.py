@@ -10,7 +10,8 @@ purpose after the tenant guard. The parts, one module each:
 * :mod:`.operations` endpoint -> PDP purpose and OAuth scope (pure)
 * :mod:`.access_tokens` JWT access tokens of a configured issuer (JWKS)
 * :mod:`.authentication` TokenReview or issuer tokens -> the caller; scopes
-* :mod:`.binding` DPoP and mTLS sender binding (pure)
+* :mod:`.binding` a request's DPoP proof; DPoP and mTLS sender binding (pure)
+* :mod:`.replay` one-time token and proof identifiers (JTI anti-replay)
 * :mod:`.reads` grant reads: binding, replay, uses
 * :mod:`.management` guard, PDP, provider operation, audit
 * :mod:`.models` request and response bodies
@@ -20,7 +21,7 @@ purpose after the tenant guard. The parts, one module each:
 
 from secretgrants.secrets_api.management import IndexTenants
 from secretgrants.secrets_api.openapi import READ_PATH, openapi_document
-from secretgrants.secrets_api.reads import ReplayCache
+from secretgrants.secrets_api.replay import ReplayCache
 from secretgrants.secrets_api.server import SecretsAPI, api_ssl_context, settings_options
 
 __all__ = [

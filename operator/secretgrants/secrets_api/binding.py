@@ -1,4 +1,11 @@
-"""Sender binding of a grant: the DPoP key and the mTLS client certificate. Pure.
+"""Sender binding: a request's DPoP proof, and a grant's DPoP key and mTLS certificate. Pure.
+
+A request uses DPoP when it carries a ``DPoP`` header or the ``DPoP``
+authorization scheme, or when its access token is bound to a key
+(``cnf.jkt``, RFC 9449 section 6); its proof must then verify for this
+request (:func:`request_proof`, grant reads and management alike), by the
+token's key when the token names one, or the request is a 401
+``InvalidDPoPProof``.
 
 The first permitted read with a DPoP proof binds the grant to the proof
 key's RFC 7638 thumbprint (``jkt``); the first with a client certificate
@@ -15,10 +22,42 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from secretgrants.dpop import b64url
+from secretgrants.dpop import DPoPError, DPoPProof, b64url, verify_proof
+from secretgrants.secrets_api.authentication import Caller
 from secretgrants.secrets_api.problems import Problem
 
-__all__ = ["Sender", "certificate_thumbprint", "check_sender"]
+__all__ = ["Sender", "certificate_thumbprint", "check_sender", "request_proof"]
+
+
+def _invalid_proof(detail: str) -> Problem:
+    return Problem(401, "InvalidDPoPProof", detail)
+
+
+def _bound_key(claims: Mapping[str, Any]) -> str | None:
+    """The key thumbprint an access token is bound to (``cnf.jkt``), if any."""
+    cnf = claims.get("cnf")
+    jkt = cnf.get("jkt") if isinstance(cnf, Mapping) else None
+    return jkt if isinstance(jkt, str) and jkt else None
+
+
+def request_proof(
+    headers: Mapping[str, str], *, method: str, url: str, caller: Caller
+) -> DPoPProof | None:
+    """The request's verified DPoP proof; None for a request that does not use DPoP."""
+    header = headers.get("DPoP")
+    scheme = headers.get("Authorization", "").partition(" ")[0].lower()
+    bound = _bound_key(caller.claims)
+    if not header:
+        if scheme == "dpop" or bound is not None:
+            raise _invalid_proof("a DPoP-bound request needs a proof in the DPoP header")
+        return None
+    try:
+        proof = verify_proof(header, method=method, url=url, access_token=caller.token)
+    except DPoPError as err:
+        raise _invalid_proof(str(err)) from None
+    if bound is not None and proof.jkt != bound:
+        raise _invalid_proof("the proof's key is not the key the token is bound to (cnf.jkt)")
+    return proof
 
 
 def certificate_thumbprint(der: bytes) -> str:

@@ -2,7 +2,8 @@
 
 Body schemas come from the pydantic models in :mod:`.models`, so the
 document and the validation are one. Each operation lists the problem
-codes it can answer with; the contract test drives the live API from this
+codes it can answer with (those that change a secret also ``Replay`` and
+``ReplayCacheFull``); the contract test drives the live API from this
 document and checks every answer against it.
 """
 
@@ -47,7 +48,7 @@ _RESPONSES = (
 _PROBLEMS: Final = {
     "400": "InvalidRequest, InvalidSecretURI, or a tenant guard failure "
     "(MountNotAllowed, TenantNotFound, TenantConflict).",
-    "401": "Unauthenticated or InvalidToken (WWW-Authenticate: Bearer).",
+    "401": "Unauthenticated or InvalidToken (WWW-Authenticate: Bearer); InvalidDPoPProof.",
     "403": "Denied, PDPUnavailable or UnknownObligation (with decisionId); "
     "InsufficientScope (WWW-Authenticate: Bearer error=insufficient_scope); NotAServiceAccount.",
     "404": "SecretNotFound or KeyNotFound; no such route.",
@@ -56,6 +57,11 @@ _PROBLEMS: Final = {
     "413": "RequestTooLarge.",
     "501": "UnsupportedOperation: the provider cannot carry out the operation.",
     "502": "ProviderUnavailable or ProviderDenied: the provider failed.",
+}
+_CHANGE_PROBLEMS: Final = {
+    **_PROBLEMS,
+    "403": _PROBLEMS["403"] + " Replay: this token's or DPoP proof's jti was used already.",
+    "503": "ReplayCacheFull: retry later.",
 }
 _READ_PROBLEMS: Final = {
     "400": "NotAnApiGrant: the grant does not use Api delivery.",
@@ -86,6 +92,15 @@ def _problems(which: dict[str, str]) -> dict[str, Any]:
     }
 
 
+_DPOP_HEADER: Final = {
+    "name": "DPoP",
+    "in": "header",
+    "required": False,
+    "description": "A DPoP proof (RFC 9449) for this request, with Authorization: DPoP.",
+    "schema": {"type": "string"},
+}
+
+
 def _uri_param() -> dict[str, Any]:
     return {
         "name": "uri",
@@ -108,20 +123,25 @@ def _operation(
 ) -> dict[str, Any]:
     purposes = sorted({OPERATIONS[o].purpose.value for o in operations})
     scopes = sorted({OPERATIONS[o].scope.value for o in operations})
+    changes = any(OPERATIONS[o].changes for o in operations)
+    once = (
+        " A change uses up the token's jti, or the DPoP proof's with DPoP: a replay is a 403."
+        if changes
+        else ""
+    )
     out: dict[str, Any] = {
         "operationId": op_id,
         "summary": summary,
         "description": f"PDP purpose: {', '.join(purposes)}. OAuth scope "
-        f"(SECRETS_ENFORCE_SCOPES=true): {', '.join(scopes)}.",
+        f"(SECRETS_ENFORCE_SCOPES=true): {', '.join(scopes)}.{once}",
         "x-purposes": purposes,
         "security": [{"serviceAccountToken": []}, {"accessToken": scopes}],
         "responses": {
             "200": {"description": "Done.", "content": {"application/json": {"schema": _ref(ok)}}},
-            **_problems(_PROBLEMS),
+            **_problems(_CHANGE_PROBLEMS if changes else _PROBLEMS),
         },
+        "parameters": [*(params or []), _DPOP_HEADER],
     }
-    if params:
-        out["parameters"] = params
     if body:
         out["requestBody"] = {
             "required": True,
@@ -165,14 +185,7 @@ def _paths() -> dict[str, Any]:
                     {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
                     for n in ("namespace", "name")
                 ]
-                + [
-                    {
-                        "name": "DPoP",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string"},
-                    }
-                ],
+                + [_DPOP_HEADER],
                 "security": [{"serviceAccountToken": []}, {"accessToken": ["secrets.read"]}],
                 "responses": {
                     "200": {

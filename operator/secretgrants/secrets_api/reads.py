@@ -4,8 +4,8 @@ After authentication, the PEP checks, in order: the grant (Api delivery,
 Granted, unexpired), the binding (same ServiceAccount name and UID), the
 sender (DPoP key and client certificate, once bound: :mod:`.binding`),
 replay (a token's ``jti`` without DPoP, the proof's ``jti`` with it, each
-usable once), and uses (counted with a compare-and-swap on the status).
-Only then is the provider read.
+usable once per grant: :mod:`.replay`), and uses (counted with a
+compare-and-swap on the status). Only then is the provider read.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from secretgrants.redaction import register_secret
 from secretgrants.secrets_api.authentication import Caller
 from secretgrants.secrets_api.binding import Sender, check_sender
 from secretgrants.secrets_api.problems import Problem, from_error
+from secretgrants.secrets_api.replay import ReplayCache, replayed, token_jti
 from secretgrants.uri import parse_secret_uri
 from secretgrants.uses import consume
 
-__all__ = ["MAX_CAS_ATTEMPTS", "GrantReader", "GrantStore", "ReplayCache"]
+__all__ = ["MAX_CAS_ATTEMPTS", "GrantReader", "GrantStore"]
 
 MAX_CAS_ATTEMPTS: Final = 30
 
@@ -42,30 +43,6 @@ class GrantStore(Protocol):
     async def replace_grant_status(
         self, namespace: str, obj: dict[str, Any]
     ) -> dict[str, Any] | None: ...
-
-
-class ReplayCache:
-    """Identifiers used once, remembered until they could no longer be presented."""
-
-    def __init__(self, max_entries: int = 200_000) -> None:
-        self._seen: dict[str, float] = {}
-        self.max_entries = max_entries
-
-    def first_use(self, key: str, until: float, now_: float | None = None) -> bool:
-        current = time.time() if now_ is None else now_
-        if len(self._seen) >= self.max_entries:
-            self._seen = {k: v for k, v in self._seen.items() if v > current}
-            if len(self._seen) >= self.max_entries:
-                raise Problem(503, "ReplayCacheFull", "too many reads in flight; retry later")
-        expiry = self._seen.get(key)
-        if expiry is not None and expiry > current:
-            return False
-        self._seen[key] = until
-        return True
-
-    def forget(self, key: str) -> None:
-        """Let an identifier be used again (its use was not counted)."""
-        self._seen.pop(key, None)
 
 
 def _parse_expiry(raw: object) -> dt.datetime | None:
@@ -136,7 +113,7 @@ class GrantReader:
             expires = _parse_expiry(status.get("expiresAt"))
             until = expires.timestamp() if expires else time.time() + 3600
             if not self.replays.first_use(replay_key, until):
-                raise Problem(403, "Replay", "this token or proof was already used")
+                raise replayed()
             try:
                 updated = consume(
                     status,
@@ -166,8 +143,8 @@ class GrantReader:
     def _replay_key(caller: Caller, namespace: str, name: str, proof: DPoPProof | None) -> str:
         if proof is not None:
             return f"{namespace}/{name}/dpop/{proof.jti}"
-        jti = caller.claims.get("jti")
-        if not isinstance(jti, str) or not jti:
+        jti = token_jti(caller)
+        if jti is None:
             raise Problem(
                 401, "TokenWithoutJTI", "without DPoP, each read needs a fresh token with a jti"
             )

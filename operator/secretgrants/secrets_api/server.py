@@ -1,11 +1,14 @@
 """The Secrets API server: thin aiohttp routes over authentication, reads and management.
 
-Each route authenticates the caller (:mod:`.authentication`), parses its
+Each route authenticates the caller (:mod:`.authentication`), verifies its
+DPoP proof when it uses DPoP (:func:`.binding.request_proof`), parses its
 input (400 ``InvalidRequest``), checks the scope of the operation when
 SECRETS_ENFORCE_SCOPES is on, and hands over to :class:`.reads.GrantReader`
-or :class:`.management.Manager`. Every answer that is not a 200 is an RFC
-9457 problem (unknown routes and methods too), and every refusal is
-audited. Request bodies are never logged: writes carry values in.
+or :class:`.management.Manager`; a management call that changes a secret
+first uses up its token's or proof's ``jti`` (:func:`.replay.use_once`).
+Every answer that is not a 200 is an RFC 9457 problem (unknown routes and
+methods too), and every refusal is audited. Request bodies are never
+logged: writes carry values in.
 
 TLS: the serving certificate of the webhook; with a client CA bundle
 (SECRETGRANTS_API_CLIENT_CA), the server asks for a client certificate
@@ -28,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 from secretgrants import tracing
 from secretgrants.audit import Auditor, EventType, correlated
 from secretgrants.audit import Effect as AuditEffect
-from secretgrants.dpop import DPoPError, DPoPProof, verify_proof
+from secretgrants.dpop import DPoPProof
 from secretgrants.metrics import Metrics
 from secretgrants.policy.base import PolicyDecisionPoint
 from secretgrants.secrets_api.access_tokens import (
@@ -38,7 +41,7 @@ from secretgrants.secrets_api.access_tokens import (
     JWKSSource,
 )
 from secretgrants.secrets_api.authentication import Authenticator, Caller, TokenReviewer
-from secretgrants.secrets_api.binding import certificate_thumbprint
+from secretgrants.secrets_api.binding import certificate_thumbprint, request_proof
 from secretgrants.secrets_api.management import (
     IndexTenants,
     ManagementCall,
@@ -57,6 +60,7 @@ from secretgrants.secrets_api.openapi import PATHS, READ_PATH, openapi_document
 from secretgrants.secrets_api.operations import Operation, operation_for
 from secretgrants.secrets_api.problems import Problem
 from secretgrants.secrets_api.reads import GrantReader, GrantStore
+from secretgrants.secrets_api.replay import ReplayCache, use_once
 
 __all__ = ["APIStore", "SecretsAPI", "api_ssl_context", "settings_options"]
 
@@ -156,6 +160,12 @@ def _query_flag(request: web.Request, name: str) -> bool:
     return raw in {"true", "1"}
 
 
+def _proof(request: web.Request, caller: Caller) -> DPoPProof | None:
+    return request_proof(
+        request.headers, method=request.method, url=str(request.url), caller=caller
+    )
+
+
 def _client_certificate(request: web.Request) -> str | None:
     """The verified client certificate's ``x5t#S256``, when the client presented one."""
     transport = request.transport
@@ -227,6 +237,7 @@ class SecretsAPI:
             auditor=self.auditor,
             metrics=self.metrics,
         )
+        self.management_replays = ReplayCache()
         self._runner: web.AppRunner | None = None
 
     @property
@@ -291,7 +302,7 @@ class SecretsAPI:
         try:
             caller = await self.auth.authenticate(request.headers, allow_anonymous=False)
             self.auth.require_scopes(caller, [Operation.READ])
-            proof = self._proof(request, caller)
+            proof = _proof(request, caller)
             body = await self.reader.read(
                 caller, namespace, name, proof=proof, certificate=_client_certificate(request)
             )
@@ -302,18 +313,6 @@ class SecretsAPI:
             raise
         await self._audit_read(AuditEffect.PERMIT, "Read", namespace, name, caller)
         return web.json_response(body, headers={"Cache-Control": "no-store"})
-
-    @staticmethod
-    def _proof(request: web.Request, caller: Caller) -> DPoPProof | None:
-        header = request.headers.get("DPoP")
-        if not header:
-            return None
-        try:
-            return verify_proof(
-                header, method=request.method, url=str(request.url), access_token=caller.token
-            )
-        except DPoPError as err:
-            raise Problem(401, "InvalidDPoPProof", str(err)) from None
 
     async def _audit_read(
         self,
@@ -342,7 +341,7 @@ class SecretsAPI:
         parse: Callable[[web.Request], Awaitable[ManagementCall]],
         operation: Operation,
     ) -> web.Response:
-        """Authenticate, parse, check the scope, carry out: the shape of every management route."""
+        """Authenticate, verify DPoP, parse, check the scope, use the jti once, carry out."""
         with (
             correlated(request.headers.get("X-Request-ID")),
             tracing.span(tracing.SPAN_SECRETS_API, operation=operation.value),
@@ -358,8 +357,10 @@ class SecretsAPI:
         caller: Caller | None = None
         try:
             caller = await self.auth.authenticate(request.headers)
+            proof = _proof(request, caller)
             call = await parse(request)
             self.auth.require_scopes(caller, [call.operation])
+            use_once(self.management_replays, caller, proof, [call.operation])
         except Problem as problem:
             await self._audit_refusal(problem, operation.value, caller)
             raise
@@ -452,9 +453,11 @@ class SecretsAPI:
         caller: Caller | None = None
         try:
             caller = await self.auth.authenticate(request.headers)
+            proof = _proof(request, caller)
             body = await _body(request, BulkRequest)
-            calls = [ManagementCall.from_bulk(item) for item in body.operations]
-            self.auth.require_scopes(caller, [c.operation for c in calls])
+            operations = [ManagementCall.from_bulk(item).operation for item in body.operations]
+            self.auth.require_scopes(caller, operations)
+            use_once(self.management_replays, caller, proof, operations)
         except Problem as problem:
             await self._audit_refusal(problem, "bulk", caller)
             raise

@@ -1,0 +1,104 @@
+"""One-time identifiers (JTI anti-replay) of grant reads and management calls that change secrets.
+
+The seed: when a token carries a ``jti``, the PEP tracks its use, and a
+replay with the same ``jti`` is denied. Which identifier counts is the same
+everywhere: the DPoP proof's ``jti`` when a proof is sent (the token may
+then be sent again with fresh proofs), otherwise the token's. A
+:class:`ReplayCache` remembers an identifier until it could no longer be
+presented; a second use before then is a 403 ``Replay``.
+
+Grant reads (:mod:`.reads`) key identifiers by grant and need one.
+Management calls that change secrets (:func:`use_once`) key them by the
+caller (token) or the proof key; a token without ``jti`` and without DPoP
+is accepted there, as the seed says "when present". Calls that only read
+metadata are not checked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Final
+
+from secretgrants.dpop import PROOF_MAX_AGE_SECONDS, DPoPProof
+from secretgrants.secrets_api.authentication import Caller
+from secretgrants.secrets_api.operations import OPERATIONS, Operation
+from secretgrants.secrets_api.problems import Problem
+
+__all__ = ["ReplayCache", "replayed", "token_jti", "use_once"]
+
+AFTER_EXPIRY_SECONDS: Final = 120
+"""How long past its ``exp`` a token is remembered: more than any verifier's clock leeway."""
+WITHOUT_EXPIRY_SECONDS: Final = 24 * 3600
+"""How long a token with a ``jti`` and no ``exp`` is remembered (the cache cannot keep it forever)."""
+
+
+class ReplayCache:
+    """Identifiers used once, remembered until they could no longer be presented."""
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self._seen: dict[str, float] = {}
+        self.max_entries = max_entries
+
+    def first_use(self, key: str, until: float, now_: float | None = None) -> bool:
+        current = time.time() if now_ is None else now_
+        if len(self._seen) >= self.max_entries:
+            self._seen = {k: v for k, v in self._seen.items() if v > current}
+            if len(self._seen) >= self.max_entries:
+                raise Problem(
+                    503, "ReplayCacheFull", "too many one-time tokens in flight; retry later"
+                )
+        expiry = self._seen.get(key)
+        if expiry is not None and expiry > current:
+            return False
+        self._seen[key] = until
+        return True
+
+    def forget(self, key: str) -> None:
+        """Let an identifier be used again (its use was not counted)."""
+        self._seen.pop(key, None)
+
+
+def replayed() -> Problem:
+    return Problem(403, "Replay", "this token or proof was already used")
+
+
+def token_jti(caller: Caller) -> str | None:
+    jti = caller.claims.get("jti")
+    return jti if isinstance(jti, str) and jti else None
+
+
+def _token_until(caller: Caller, current: float) -> float:
+    exp = caller.claims.get("exp")
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        return float(exp) + AFTER_EXPIRY_SECONDS
+    return current + WITHOUT_EXPIRY_SECONDS
+
+
+def use_once(
+    replays: ReplayCache,
+    caller: Caller,
+    proof: DPoPProof | None,
+    operations: Iterable[Operation],
+    *,
+    now: float | None = None,
+) -> None:
+    """Use up the identifier of a management call that changes a secret; 403 ``Replay`` if used.
+
+    The proof's ``jti`` is remembered for the proof's freshness window (per
+    proof key), the token's until its ``exp`` (per caller). Read-only calls
+    and tokens without ``jti`` sent without DPoP pass unchecked.
+    """
+    if not any(OPERATIONS[op].changes for op in operations):
+        return
+    current = time.time() if now is None else now
+    if proof is not None:
+        key = f"dpop/{proof.jkt}/{proof.jti}"
+        until = float(proof.iat + PROOF_MAX_AGE_SECONDS + 1)
+    else:
+        jti = token_jti(caller)
+        if jti is None:
+            return
+        key, until = f"token/{caller.username}/{jti}", _token_until(caller, current)
+    if not replays.first_use(key, until, current):
+        raise replayed()

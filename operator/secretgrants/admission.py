@@ -6,7 +6,8 @@ For each named grant the mutating webhook checks that the grant is Granted,
 unexpired, has uses left and is bound to the pod's ServiceAccount, then
 injects one read-only projected volume per grant under
 ``/var/run/secretgrants/<grant>/``. The validating webhook denies any pod
-that mounts a delivery Secret directly under another ServiceAccount.
+that mounts a delivery Secret directly under another ServiceAccount, and any
+ephemeral container that reads one the pod was not admitted with.
 
 Everything here is pure: the webhook server reads the grants and Secrets and
 calls these. Messages name grants and ServiceAccounts, never secret paths.
@@ -22,6 +23,7 @@ from typing import Any
 
 from secretgrants.api.common import GROUP
 from secretgrants.api.grant import SecretGrantRequestSpec
+from secretgrants.grants import LIVE_PHASES
 from secretgrants.reasons import Phase
 
 __all__ = [
@@ -31,9 +33,13 @@ __all__ = [
     "MOUNT_ROOT",
     "AdmissionDenied",
     "GrantMount",
+    "added_ephemeral_containers",
+    "check_ephemeral_use",
     "check_grant_for_pod",
+    "container_secret_refs",
     "direct_secret_mounts",
     "grant_mount",
+    "injected_grants",
     "injection_patch",
     "pod_service_account",
     "requested_grants",
@@ -308,20 +314,35 @@ def reservation_ids(pods: Iterable[Mapping[str, Any]], grant: str) -> set[str]:
     return found
 
 
+def injected_grants(pod: Mapping[str, Any]) -> set[str]:
+    """The grants the mutating webhook mounted in ``pod`` (its reservations annotation)."""
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_RESERVATIONS)
+    return {part.partition("=")[0].strip() for part in str(raw or "").split(",")} - {""}
+
+
+def container_secret_refs(containers: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The Secrets that containers read through ``envFrom`` and ``env.valueFrom.secretKeyRef``."""
+    names: set[str] = set()
+    for container in containers:
+        for source in container.get("envFrom") or []:
+            ref = source.get("secretRef")
+            if ref and ref.get("name"):
+                names.add(str(ref["name"]))
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if ref and ref.get("name"):
+                names.add(str(ref["name"]))
+    return names
+
+
 def direct_secret_mounts(pod: Mapping[str, Any]) -> set[str]:
     """Every Secret the pod uses: secret and projected volumes, envFrom and env secretKeyRefs."""
-    names: set[str] = set()
     spec = pod.get("spec") or {}
-    for kind in ("initContainers", "containers", "ephemeralContainers"):
-        for container in spec.get(kind) or []:
-            for source in container.get("envFrom") or []:
-                ref = source.get("secretRef")
-                if ref and ref.get("name"):
-                    names.add(str(ref["name"]))
-            for env in container.get("env") or []:
-                ref = (env.get("valueFrom") or {}).get("secretKeyRef")
-                if ref and ref.get("name"):
-                    names.add(str(ref["name"]))
+    names = container_secret_refs(
+        container
+        for kind in ("initContainers", "containers", "ephemeralContainers")
+        for container in spec.get(kind) or []
+    )
     for volume in spec.get("volumes") or []:
         secret = volume.get("secret")
         if secret and secret.get("secretName"):
@@ -331,3 +352,67 @@ def direct_secret_mounts(pod: Mapping[str, Any]) -> set[str]:
             if ref and ref.get("name"):
                 names.add(str(ref["name"]))
     return names
+
+
+def added_ephemeral_containers(
+    pod: Mapping[str, Any], old_pod: Mapping[str, Any] | None
+) -> list[Mapping[str, Any]]:
+    """The ephemeral containers an update of ``pods/ephemeralcontainers`` adds to ``old_pod``.
+
+    The apiserver lets such an update only add containers, but any container that is
+    not exactly one of the old pod's counts as added: the check never rests on that.
+    """
+    old = ((old_pod or {}).get("spec") or {}).get("ephemeralContainers") or []
+    return [c for c in (pod.get("spec") or {}).get("ephemeralContainers") or [] if c not in old]
+
+
+def check_ephemeral_use(
+    name: str,
+    grant: Mapping[str, Any],
+    secret_name: str,
+    service_account: str,
+    injected: set[str],
+    at: dt.datetime,
+) -> None:
+    """Raise AdmissionDenied unless an ephemeral container may read ``grant``'s delivery Secret.
+
+    An ephemeral container joins a pod that was admitted already: it may read, through
+    ``env`` or ``envFrom``, the delivery Secret of a grant that the mutating webhook
+    mounted in that pod (same pod, same ServiceAccount, the use already counted), and
+    only while the grant is live. Mounting the pod's existing volumes needs no check:
+    they are the pod's own, admitted with it.
+    """
+    status = grant.get("status") or {}
+    bound = (status.get("binding") or {}).get("serviceAccountName")
+    if bound != service_account:
+        raise AdmissionDenied(
+            "ServiceAccountMismatch",
+            f"an ephemeral container may not read Secret {secret_name!r}: it delivers "
+            f"SecretGrantRequest {name!r}, which is bound to another ServiceAccount; "
+            f"the pod runs as {service_account!r}",
+            grant=name,
+        )
+    if name not in injected:
+        raise AdmissionDenied(
+            "EphemeralUseNotAllowed",
+            f"an ephemeral container may not read Secret {secret_name!r}: it delivers "
+            f"SecretGrantRequest {name!r}, which this pod was not admitted with; an "
+            "ephemeral container may read only the grants mounted in its pod at creation",
+            grant=name,
+        )
+    phase = status.get("phase") or Phase.PENDING.value
+    expires = _expires(status)
+    if phase == Phase.EXPIRED.value or (expires is not None and expires <= at):
+        raise AdmissionDenied(
+            "GrantExpired",
+            f"an ephemeral container may not read Secret {secret_name!r}: "
+            f"SecretGrantRequest {name!r} has expired",
+            grant=name,
+        )
+    if phase not in LIVE_PHASES:
+        raise AdmissionDenied(
+            "GrantNotGranted",
+            f"an ephemeral container may not read Secret {secret_name!r}: "
+            f"SecretGrantRequest {name!r} is {phase}, not Granted",
+            grant=name,
+        )

@@ -3,8 +3,9 @@
 ``/mutate-pods`` checks each grant a pod names, reserves one use per grant
 (compare-and-swap on the grant status), and injects the volumes.
 ``/validate-pods`` refuses pods that use a delivery Secret the admission did
-not hand them. Decisions live in ``admission`` and ``uses``; this module
-reads, retries and answers AdmissionReviews.
+not hand them, at creation and when ephemeral containers are added (an UPDATE
+of ``pods/ephemeralcontainers``). Decisions live in ``admission`` and
+``uses``; this module reads, retries and answers AdmissionReviews.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ from aiohttp import web
 
 from secretgrants import tracing
 from secretgrants.admission import (
-    ANNOTATION_RESERVATIONS,
     AdmissionDenied,
     GrantMount,
+    added_ephemeral_containers,
+    check_ephemeral_use,
     check_grant_for_pod,
+    container_secret_refs,
     direct_secret_mounts,
     grant_mount,
+    injected_grants,
     injection_patch,
     pod_service_account,
     requested_grants,
@@ -422,42 +426,85 @@ class PodAdmission:
         correlation_id: str | None = None,
     ) -> None:
         """Refuse (and audit) a pod that uses a delivery Secret the mutating webhook did not give it."""
+        service_account = pod_service_account(pod)
+        injected = injected_grants(pod)
+
+        def check(name: str, grant: Mapping[str, Any], secret_name: str) -> None:
+            _check_mount(name, grant, secret_name, service_account, injected)
+
+        await self._audited(
+            direct_secret_mounts(pod), check, pod, namespace, dry_run, correlation_id
+        )
+
+    async def validate_ephemeral(
+        self,
+        pod: Mapping[str, Any],
+        old_pod: Mapping[str, Any] | None,
+        namespace: str,
+        *,
+        dry_run: bool = False,
+        correlation_id: str | None = None,
+    ) -> None:
+        """Refuse (and audit) ephemeral containers that read a delivery Secret the pod may not.
+
+        ``pod`` is the pod with its new ``spec.ephemeralContainers``, ``old_pod`` the pod
+        before (an UPDATE of ``pods/ephemeralcontainers``). Only the added containers'
+        ``env`` and ``envFrom`` are checked: the rest of the pod was admitted already,
+        and an ephemeral container can mount none but the pod's own volumes.
+        """
+        service_account = pod_service_account(pod)
+        injected = injected_grants(pod)
+        at = now()
+
+        def check(name: str, grant: Mapping[str, Any], secret_name: str) -> None:
+            check_ephemeral_use(name, grant, secret_name, service_account, injected, at)
+
+        used = container_secret_refs(added_ephemeral_containers(pod, old_pod))
+        await self._audited(used, check, pod, namespace, dry_run, correlation_id)
+
+    async def _audited(
+        self,
+        used: set[str],
+        check: Callable[[str, Mapping[str, Any], str], None],
+        pod: Mapping[str, Any],
+        namespace: str,
+        dry_run: bool,
+        correlation_id: str | None,
+    ) -> None:
         grants: dict[str, dict[str, Any]] = {}
         try:
-            await self._validate(pod, namespace, grants)
+            await self._check_delivery_uses(used, check, namespace, grants)
         except AdmissionDenied as denied:
             if not dry_run:
                 await self._audit_denied(denied, namespace, pod, grants, correlation_id)
             raise
 
-    async def _validate(
-        self, pod: Mapping[str, Any], namespace: str, grants: dict[str, dict[str, Any]]
+    async def _check_delivery_uses(
+        self,
+        used: set[str],
+        check: Callable[[str, Mapping[str, Any], str], None],
+        namespace: str,
+        grants: dict[str, dict[str, Any]],
     ) -> None:
-        """Refuse a pod that uses a delivery Secret the mutating webhook did not give it.
+        """``check`` each grant whose delivery Secret is one of the Secrets ``used``.
 
         Delivery Secrets are found through the grants' status (the operator has no
         right to read Secrets back), and only for pods that use an ``sg-`` Secret.
         """
-        candidates = {n for n in direct_secret_mounts(pod) if n.startswith(DELIVERY_PREFIX)}
+        candidates = {n for n in used if n.startswith(DELIVERY_PREFIX)}
         if not candidates:
             return
-        service_account = pod_service_account(pod)
-        annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        injected = {
-            part.partition("=")[0].strip()
-            for part in str(annotations.get(ANNOTATION_RESERVATIONS) or "").split(",")
-        }
         for grant, secret_name in await self._delivering(namespace, candidates):
             name = str((grant.get("metadata") or {}).get("name"))
             grants[name] = grant
             try:
-                _check_mount(name, grant, secret_name, service_account, injected)
+                check(name, grant, secret_name)
             except AdmissionDenied:
                 fresh = await self._read(namespace, name)  # refuse only on what the API says now
                 if fresh is None or _delivered(fresh) != secret_name:
                     continue
                 grants[name] = fresh
-                _check_mount(name, fresh, secret_name, service_account, injected)
+                check(name, fresh, secret_name)
 
 
 def _check_mount(
@@ -582,6 +629,11 @@ class WebhookServer:
             uid = str(req["uid"])
             pod = req.get("object") or {}
             namespace = str(req.get("namespace") or (pod.get("metadata") or {}).get("namespace"))
+            # An ephemeral container added to a pod: the pod, whole, before and after.
+            ephemeral = (req.get("operation"), req.get("subResource")) == (
+                "UPDATE",
+                "ephemeralcontainers",
+            )
         except (ValueError, KeyError, TypeError):
             return web.json_response(
                 {"title": "malformed AdmissionReview", "status": 400}, status=400
@@ -598,6 +650,16 @@ class WebhookServer:
                 body = _review_response(uid, patch=patch)
                 tracing.annotate(allowed=True)
                 log.info("pod %s/%s admitted with its grants", namespace, pod_name)
+            elif ephemeral:
+                await self.admission.validate_ephemeral(
+                    pod,
+                    req.get("oldObject"),
+                    namespace,
+                    dry_run=bool(req.get("dryRun")),
+                    correlation_id=uid,
+                )
+                body = _review_response(uid)
+                tracing.annotate(allowed=True)
             else:
                 await self.admission.validate(
                     pod, namespace, dry_run=bool(req.get("dryRun")), correlation_id=uid

@@ -11,6 +11,10 @@ Choices (explained in the README):
   apiserver evaluates), in every namespace but the operator's own and
   kube-system. So pods that use no delivery Secret never call the operator,
   and keep being created while it is down.
+- The mutating webhook sees pod CREATE; the validating one also sees the
+  UPDATE of ``pods/ephemeralcontainers`` (``kubectl debug``), whose object is
+  the whole pod: an ephemeral container is the one way to add ``env`` to a
+  pod after its creation. The same CEL condition selects those updates.
 - sideEffects NoneOnDryRun: a dry-run admission counts no use.
 """
 
@@ -33,6 +37,11 @@ _POD_RULE = {
     "resources": ["pods"],
     "operations": ["CREATE"],
     "scope": "Namespaced",
+}
+_EPHEMERAL_CONTAINERS_RULE = {
+    **_POD_RULE,
+    "resources": ["pods/ephemeralcontainers"],
+    "operations": ["UPDATE"],
 }
 
 
@@ -67,7 +76,11 @@ def _namespace_selector(namespaces: Sequence[str], operator_namespace: str) -> d
 
 
 def _common(
-    failure_policy: str, timeout_seconds: int, namespaces: Sequence[str], operator_namespace: str
+    rules: Sequence[dict[str, Any]],
+    failure_policy: str,
+    timeout_seconds: int,
+    namespaces: Sequence[str],
+    operator_namespace: str,
 ) -> dict[str, Any]:
     return {
         "admissionReviewVersions": ["v1"],
@@ -75,7 +88,7 @@ def _common(
         "failurePolicy": failure_policy,
         "matchPolicy": "Equivalent",
         "timeoutSeconds": timeout_seconds,
-        "rules": [_POD_RULE],
+        "rules": [dict(rule) for rule in rules],
         "namespaceSelector": _namespace_selector(namespaces, operator_namespace),
     }
 
@@ -102,7 +115,7 @@ def mutating(
         "objectSelector": {"matchLabels": {LABEL_INJECT: "true"}},
         # Run once: a second pass would count a second use for the same pod.
         "reinvocationPolicy": "Never",
-        **_common(failure_policy, timeout_seconds, namespaces, operator_namespace),
+        **_common([_POD_RULE], failure_policy, timeout_seconds, namespaces, operator_namespace),
     }
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -126,7 +139,8 @@ def _container_refs(kind: str) -> str:
     )
 
 
-# The pods whose validation matters: every place ``admission.direct_secret_mounts`` reads.
+# The pods whose validation matters: every place ``admission.direct_secret_mounts`` reads
+# (for an UPDATE of pods/ephemeralcontainers, ``object`` is the pod with its new containers).
 USES_DELIVERY_SECRET: Final = " || ".join(
     [
         "(has(object.spec.volumes) && object.spec.volumes.exists(v, "
@@ -154,7 +168,13 @@ def validating(
         "name": "pods.validate.secretgrants.io",
         "clientConfig": client,
         "matchConditions": [{"name": "uses-delivery-secret", "expression": USES_DELIVERY_SECRET}],
-        **_common(failure_policy, timeout_seconds, namespaces, operator_namespace),
+        **_common(
+            [_POD_RULE, _EPHEMERAL_CONTAINERS_RULE],
+            failure_policy,
+            timeout_seconds,
+            namespaces,
+            operator_namespace,
+        ),
     }
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",

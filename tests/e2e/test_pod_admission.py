@@ -412,3 +412,62 @@ def test_a_grant_handled_before_the_bookkeeping_moved_to_the_status_is_not_decid
     st = eventually(recorded_again, timeout=30)
     assert st["decision"]["id"] == first["decision"]["id"]
     assert (st["usesConsumed"], st["usesRemaining"]) == (1, 4)
+
+
+def test_ephemeral_containers_read_only_their_pods_own_live_grants(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess, core: Any
+) -> None:
+    """``kubectl debug`` adds containers through pods/ephemeralcontainers, after admission."""
+    from kubernetes.client.exceptions import ApiException
+
+    ns = ready_namespace
+    secret = granted(cluster, ns)["status"]["delivery"]["secretName"]
+    for body in (
+        pod("web"),  # admitted with "db", as "app"
+        pod("plain", grants=None, inject=False),  # as "app", without the grant
+        pod("intruder", sa="other", grants=None, inject=False),
+    ):
+        ok, err = create_pod(cluster, ns, body)
+        assert ok, err
+    by_env = {
+        "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": secret, "key": "password"}}}]
+    }
+    by_env_from = {"envFrom": [{"secretRef": {"name": secret}}]}
+
+    def debug(name: str, **container: Any) -> str | None:
+        """Add an ephemeral container to pod ``name``: None when admitted, else the refusal."""
+        body = core.api_client.sanitize_for_serialization(core.read_namespaced_pod(name, ns))
+        added = {"name": f"dbg-{uuid.uuid4().hex[:6]}", "image": "registry.invalid/dbg:1"}
+        body["spec"].setdefault("ephemeralContainers", []).append({**added, **container})
+        try:
+            core.replace_namespaced_pod_ephemeralcontainers(name, ns, body)
+        except ApiException as err:
+            assert err.status == 403, err.body
+            return str(json.loads(err.body)["message"])
+        return None
+
+    refused = debug("intruder", **by_env)
+    assert refused is not None and "bound to another ServiceAccount" in refused, refused
+    assert "'other'" in refused and "ephemeral container" in refused
+    refused = debug("plain", **by_env_from)
+    assert refused is not None and "was not admitted with" in refused, refused
+    # What the pod may do anyway: no delivery Secret, its own volume, its own live grant.
+    assert debug("intruder") is None
+    assert debug("web", volumeMounts=[{"name": "sg-db", "mountPath": "/mnt/db"}]) is None
+    assert debug("web", **by_env) is None
+    assert debug("web", **by_env_from) is None
+    assert len(get(cluster, "pod", "web", ns)["spec"]["ephemeralContainers"]) == 3
+    # A revoked grant (its ServiceAccount re-created) is no longer the pod's to read.
+    cluster.kubectl("delete", "serviceaccount", "app", "-n", ns)
+    cluster.kubectl("create", "serviceaccount", "app", "-n", ns)
+    wait_phase(cluster, "db", ns, "Revoked")
+    refused = debug("web", **by_env)
+    assert refused is not None and "is Revoked, not Granted" in refused, refused
+    assert debug("web") is None  # the containers added earlier are not judged again
+    denials = [e for e in operator.audit_events() if e.get("type") == "pod_denied"]
+    assert {(e.get("pod"), e.get("reason")) for e in denials} >= {
+        ("intruder", "ServiceAccountMismatch"),
+        ("plain", "EphemeralUseNotAllowed"),
+        ("web", "GrantNotGranted"),
+    }
+    assert SECRET_VALUE not in operator.log()

@@ -17,7 +17,7 @@ PDP), then prints:
   that every one of their delivery Secrets was emptied.
 
     .venv/bin/python bench/grants.py [--sizes 1,100,1000] [--rss 1000,5000] [--pods 200]
-                                     [--expire 0] [--hold 0]
+                                     [--expire 0] [--hold 0] [--audit-sinks stdout,events]
 
 Targets (issue 6): p50 <= 50 ms and p99 <= 250 ms at 100 concurrent; >= 50
 grants/s; admission p99 <= 20 ms; RSS <= 150 MB at 5,000 grants.
@@ -291,6 +291,12 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=200)
     parser.add_argument("--expire", type=int, default=0)
     parser.add_argument(
+        "--audit-sinks",
+        default="",
+        help="the operator's SECRETGRANTS_AUDIT_SINKS (default: none; the operator's own "
+        "default is stdout,events)",
+    )
+    parser.add_argument(
         "--hold",
         type=float,
         default=0,
@@ -343,7 +349,7 @@ def main() -> int:
             "SECRETGRANTS_METRICS_ADDRESS": "127.0.0.1",
             "SECRETGRANTS_METRICS_PORT": str(metrics_port),
             "SECRETGRANTS_API_PORT": "0",
-            "SECRETGRANTS_AUDIT_SINKS": "",
+            "SECRETGRANTS_AUDIT_SINKS": args.audit_sinks,
         }
         with log_path.open("ab") as log:
             operator = subprocess.Popen(

@@ -15,6 +15,7 @@ handed the result (``kube.login``). This module imports neither kopf nor
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ __all__ = [
     "load",
     "read_token",
 ]
+
+log = logging.getLogger("secretgrants")
 
 SERVICE_ACCOUNT_DIR: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_KUBECONFIG: Final = "~/.kube/config"
@@ -182,6 +185,14 @@ def _from_kubeconfig(paths: list[Path]) -> Connection:
     server = cluster.fields.get("server")
     if not server:
         raise ConfigError(f"the kubeconfig cluster {context.fields.get('cluster')!r} has no server")
+    if cluster.fields.get("tls-server-name"):
+        # kopf's connection settings have no field for it, so its client could not use it.
+        log.warning(
+            "the kubeconfig cluster %r sets tls-server-name, which the operator does not "
+            "support: the apiserver's certificate must be valid for %s",
+            context.fields.get("cluster"),
+            server,
+        )
     # kubectl: inline data wins over a path, a token over a tokenFile.
     ca_data = cluster.fields.get("certificate-authority-data")
     cert_data = user.fields.get("client-certificate-data")

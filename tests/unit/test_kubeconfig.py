@@ -260,3 +260,18 @@ def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     config = simple(tmp_path / "kubeconfig", {"tokenFile": "absent"})
     with pytest.raises(ConfigError, match=r"cannot read .*absent"):
         load(env_for(config), NO_POD)
+
+
+def test_tls_server_name_is_not_silently_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = simple(
+        tmp_path / "kubeconfig",
+        {"token": "t"},
+        {"server": "https://10.0.0.1:6443", "tls-server-name": "api.internal"},
+    )
+    with caplog.at_level("WARNING", logger="secretgrants"):
+        conn = load(env_for(config), NO_POD)
+    assert conn.server == "https://10.0.0.1:6443"
+    (record,) = [r for r in caplog.records if "tls-server-name" in r.getMessage()]
+    assert "https://10.0.0.1:6443" in record.getMessage()

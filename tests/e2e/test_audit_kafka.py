@@ -17,31 +17,20 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiokafka import AIOKafkaConsumer
 
 from secretgrants.audit import resource_ref
 from secretgrants.devenv import KafkaServer
 from secretgrants.uri import parse_secret_uri
 from tests.conftest import SECRET_VALUE, TEST_SALT, Cluster, OperatorProcess
-from tests.e2e.kube import apply, condition, eventually, get, grant, tenant
+from tests.e2e.kube import apply, condition, eventually, get, grant
 
 URI = "vault+kv2://secret/e2e/db#password"
 Message = dict[str, Any]  # {"key": str | None, "raw": str, "event": dict}
-
-
-@pytest.fixture
-def ready_namespace(cluster: Cluster, namespace: str) -> Iterator[str]:
-    """The test namespace with a tenant allowing the `secret` mount and a ServiceAccount `app`."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    apply(cluster, tenant(name, "e2e", ["vault+kv2://secret"], namespaces=[namespace]))
-    cluster.kubectl("create", "serviceaccount", "app", "-n", namespace)
-    yield namespace
-    cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)
 
 
 def kafka_env(bootstrap: str, topic: str, **more: str) -> dict[str, str]:

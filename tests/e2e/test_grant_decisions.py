@@ -28,16 +28,6 @@ from tests.e2e.kube import apply, condition, eventually, get, grant, tenant
 URI = "vault+kv2://secret/e2e/db#password"
 
 
-@pytest.fixture
-def ready_namespace(cluster: Cluster, namespace: str) -> Iterator[str]:
-    """The test namespace with a tenant allowing the `secret` mount and a ServiceAccount `app`."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    apply(cluster, tenant(name, "e2e", ["vault+kv2://secret"], namespaces=[namespace]))
-    cluster.kubectl("create", "serviceaccount", "app", "-n", namespace)
-    yield namespace
-    cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)
-
-
 def wait_phase(
     cluster: Cluster, name: str, ns: str, phase: str, timeout: float = 30
 ) -> dict[str, Any]:

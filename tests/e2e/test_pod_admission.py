@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,16 +26,6 @@ from tests.conftest import SECRET_VALUE, Cluster, OperatorProcess
 from tests.e2e.kube import apply, condition, eventually, get, grant, tenant
 
 URI = "vault+kv2://secret/e2e/db#password"
-
-
-@pytest.fixture
-def ready_namespace(cluster: Cluster, namespace: str) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    apply(cluster, tenant(name, "e2e", ["vault+kv2://secret"], namespaces=[namespace]))
-    cluster.kubectl("create", "serviceaccount", "app", "-n", namespace)
-    cluster.kubectl("create", "serviceaccount", "other", "-n", namespace)
-    yield namespace
-    cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)
 
 
 @pytest.fixture

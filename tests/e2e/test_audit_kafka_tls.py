@@ -30,7 +30,6 @@ from tests.e2e.test_audit_kafka import (
     events_of,
     kafka_env,
     read_topic,
-    ready_namespace,  # noqa: F401  (a fixture)
     wait_phase,
 )
 

@@ -61,7 +61,7 @@ def sasl_ssl_env(broker: KafkaServer, topic: str, password: str) -> dict[str, st
 
 def test_events_reach_the_topic_over_sasl_ssl(
     cluster: Cluster,
-    ready_namespace: str,  # noqa: F811
+    ready_namespace: str,
     tls_kafka: KafkaServer,
     start_operator_for: Callable[..., OperatorProcess],
 ) -> None:
@@ -90,7 +90,7 @@ def test_events_reach_the_topic_over_sasl_ssl(
 
 def test_a_wrong_password_delivers_nothing_and_holds_up_no_grant(
     cluster: Cluster,
-    ready_namespace: str,  # noqa: F811
+    ready_namespace: str,
     tls_kafka: KafkaServer,
     start_operator_for: Callable[..., OperatorProcess],
 ) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from secretgrants.devenv import KafkaServer, LocalControlPlane, OPAServer, VaultDevServer
-from secretgrants.devenv.processes import binary
+from secretgrants.devenv.processes import binary, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,6 +127,16 @@ def crds(cluster: Cluster) -> None:
         "crd/secretgrantrequests.secretgrants.io",
         "crd/secrettenants.secretgrants.io",
     )
+    # Established is not yet served: a fresh CRD's storage answers 429 "storage is
+    # (re)initializing" for a moment after.
+    wait_until(
+        lambda: all(
+            cluster.kubectl("get", kind, "-A", "-o", "name", check=False).returncode == 0
+            for kind in ("secretgrantrequests", "secrettenants")
+        ),
+        timeout=60,
+        what="the CRDs to be served",
+    )
 
 
 @dataclass
@@ -168,7 +178,6 @@ def start_operator(
     import httpx
 
     from secretgrants.devenv import free_port
-    from secretgrants.devenv.processes import wait_until
 
     port = free_port()
     log_path = workdir / f"operator-{namespace}-{port}.log"

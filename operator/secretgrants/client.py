@@ -1,33 +1,42 @@
-"""The SDK: read a grant through the Secrets API, with a fresh token or a DPoP-bound one.
+"""The SDK: read grants and manage secrets through the Secrets API, with fresh or DPoP-bound tokens.
 
     client = SecretsClient("https://secretgrants-api.secretgrants-system.svc:8443",
                            token=lambda: Path("/var/run/secretgrants/token").read_text(),
                            dpop=True, verify="/var/run/secretgrants/ca.crt")
     values = client.read("payments", "payments-db")
+    client.rotate("vault+kv2://secret/payments/db", {"password": new_password})
 
-Without DPoP, each read needs a token with a new ``jti`` (the PEP accepts a
-token once): pass a callable that mints one (TokenRequest). With DPoP, the
+This module is the transport (TLS, tokens, DPoP proofs, retries, problems);
+the management methods are in :mod:`secretgrants.client_management`.
+
+Without DPoP, each grant read and each call that changes a secret needs a
+token with a new ``jti`` (the PEP accepts a token once): pass a callable that
+mints one (TokenRequest); it is called once per request. With DPoP, the
 client keeps an in-memory P-256 key (never written to disk), signs a proof
 per request, and may reuse its token until it expires. With ``cert`` (a client
-certificate), the first read binds the grant to it (mTLS). Retries with backoff
-on 502 and 503 only. Values are returned, never logged.
+certificate), the first read binds the grant to it (mTLS). Refusals raise
+:class:`SecretsAPIError` from the RFC 9457 problem body. Retries with backoff
+on 502 and 503 only, and only for calls that change nothing (grant reads,
+metadata, keys, versions): a write that failed with a 502 may have reached
+the provider, so a retry could write twice. Values are returned, never logged.
 """
 
 from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from secretgrants.client_management import API_BASE, ManagementMethods
 from secretgrants.dpop import sign_proof
 
 __all__ = ["SecretsAPIError", "SecretsClient"]
 
-READ = "/api/secrets/v1/namespaces/{namespace}/grants/{name}"
+READ = API_BASE + "/namespaces/{namespace}/grants/{name}"
 RETRY_STATUSES = frozenset({502, 503})
 
 
@@ -41,7 +50,7 @@ class SecretsAPIError(Exception):
         self.detail = detail
 
 
-class SecretsClient:
+class SecretsClient(ManagementMethods):
     def __init__(
         self,
         base_url: str,
@@ -49,13 +58,17 @@ class SecretsClient:
         token: Callable[[], str],
         dpop: bool = False,
         dpop_key: Any = None,
-        verify: str | bool = True,
+        verify: str | bool | ssl.SSLContext = True,
         retries: int = 3,
         backoff_seconds: float = 0.2,
         timeout: float = 5.0,
         cert: tuple[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
-        """``cert``: (certificate file, key file) of a client certificate for mTLS binding."""
+        """``cert``: (certificate file, key file) of a client certificate for mTLS binding.
+
+        ``transport``: an httpx transport in place of the network (tests).
+        """
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.key = dpop_key or (ec.generate_private_key(ec.SECP256R1()) if dpop else None)
@@ -71,7 +84,10 @@ class SecretsClient:
                 if unverified:
                     tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
             tls.load_cert_chain(*cert)
-        self._http = httpx.Client(verify=tls, timeout=timeout)
+        self._http = httpx.Client(verify=tls, timeout=timeout, transport=transport)
+
+    def __repr__(self) -> str:
+        return f"SecretsClient({self.base_url!r}, dpop={self.key is not None})"
 
     def close(self) -> None:
         self._http.close()
@@ -83,29 +99,48 @@ class SecretsClient:
         self.close()
 
     def read(self, namespace: str, name: str) -> dict[str, str]:
-        url = self.base_url + READ.format(namespace=namespace, name=name)
-        for attempt in range(self.retries + 1):
+        """The values of a grant with ``delivery.mode: Api`` (one use consumed)."""
+        body = self._request("GET", READ.format(namespace=namespace, name=name), retry=True)
+        return {str(k): str(v) for k, v in (body.get("data") or {}).items()}
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        retry: bool,
+    ) -> Any:
+        """The JSON answer of one call; a fresh token (and proof) per attempt."""
+        url = self.base_url + path
+        for attempt in range(self.retries + 1 if retry else 1):
             token = self.token()
             headers = {"Accept": "application/json"}
             if self.key is not None:
                 headers["Authorization"] = f"DPoP {token}"
-                headers["DPoP"] = sign_proof(self.key, method="GET", url=url, access_token=token)
+                headers["DPoP"] = sign_proof(self.key, method=method, url=url, access_token=token)
             else:
                 headers["Authorization"] = f"Bearer {token}"
-            response = self._http.get(url, headers=headers)
+            response = self._http.request(method, url, params=params, json=body, headers=headers)
             if response.status_code == 200:
-                data = response.json().get("data") or {}
-                return {str(k): str(v) for k, v in data.items()}
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
+                return response.json()
+            if retry and response.status_code in RETRY_STATUSES and attempt < self.retries:
                 time.sleep(self.backoff_seconds * 2**attempt)
                 continue
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {}
-            raise SecretsAPIError(
-                response.status_code,
-                str(problem.get("code") or "HTTPError"),
-                str(problem.get("detail") or response.reason_phrase),
-            )
+            raise _error(response)
         raise AssertionError("unreachable")
+
+
+def _error(response: httpx.Response) -> SecretsAPIError:
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {}
+    if not isinstance(problem, dict):
+        problem = {}
+    return SecretsAPIError(
+        response.status_code,
+        str(problem.get("code") or "HTTPError"),
+        str(problem.get("detail") or response.reason_phrase),
+    )

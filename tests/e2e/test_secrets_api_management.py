@@ -11,7 +11,9 @@ with the decision id), guard failure 400, unauthenticated 401, unsupported
 its WWW-Authenticate header), one use of a token's or DPoP proof's ``jti`` per
 change (403 Replay, Vault untouched) and bad proofs (401 InvalidDPoPProof),
 mTLS binding then mismatch, the anonymous caller, every answer a problem
-document, and no value in the log. Calls that change a secret mint a fresh
+document, and no value in the log. The SDK (:class:`SecretsClient`) drives
+every management endpoint too: refusals raise :class:`SecretsAPIError` with
+the problem's code, a reused token changes once, DPoP signs a proof per call. Calls that change a secret mint a fresh
 token each (Kubernetes tokens carry a ``jti``).
 """
 
@@ -358,6 +360,95 @@ def test_a_token_or_a_dpop_proof_changes_secrets_once(
     assert refused.count("InvalidDPoPProof") == 6
     dumped = json.dumps(events)
     assert token not in dumped and bound not in dumped and proof not in dumped
+    assert NEW_VALUE not in op.log()
+
+
+def test_the_sdk_manages_a_secret_end_to_end(
+    cluster: Cluster,
+    mgmt_namespace: str,
+    start_operator_for: Callable[..., OperatorProcess],
+    mgmt_env: dict[str, str],
+    vault: VaultDevServer,
+    tmp_path: Path,
+) -> None:
+    ns = mgmt_namespace
+    op = start_operator_for(**mgmt_env)
+    tls = ca_of(cluster, ns, tmp_path)
+    uri = f"vault+kv2://secret/e2e-mgmt/{uuid.uuid4().hex[:8]}/db"
+
+    def sdk(token: Callable[[], str], **options: Any) -> SecretsClient:
+        return SecretsClient(op.api_url, token=token, verify=tls, retries=0, **options)
+
+    def refusal(call: Callable[[], object]) -> tuple[int, str]:
+        with pytest.raises(SecretsAPIError) as err:
+            call()
+        return err.value.status, err.value.code
+
+    admin = sdk(lambda: sa_token(cluster, ns, "admin"))
+    with admin, sdk(lambda: sa_token(cluster, ns, "app")) as app:
+
+        def first_write() -> dict[str, Any]:
+            try:  # the tenant index may need a moment after the tenant was created
+                return admin.write(uri, {"password": "v1"})
+            except SecretsAPIError as err:
+                raise AssertionError(str(err)) from err
+
+        written = eventually(first_write, timeout=20)
+        assert written["version"] == 1 and written["decisionId"]
+        meta = admin.metadata(uri)
+        assert meta["currentVersion"] == 1 and meta["createdBy"].endswith(f":{ns}:admin")
+        assert admin.rotate(uri, {"password": NEW_VALUE})["version"] == 2
+        assert vault_secret(vault, uri)["data"] == {"password": NEW_VALUE}
+        admin.set_owner(uri, "team-sdk")
+        detail = admin.metadata_detail(uri)
+        assert detail["owner"] == "team-sdk" and [v["version"] for v in detail["versions"]] == [
+            1,
+            2,
+        ]
+        assert admin.keys(uri.rsplit("/", 1)[0])["keys"] == ["db"]
+        admin.delete(uri, [1])
+        assert [bool(v["deletionTime"]) for v in admin.versions(uri)["versions"]] == [True, False]
+        admin.undelete(uri, [1])
+        assert not admin.versions(uri)["versions"][0]["deletionTime"]
+        admin.destroy_versions(uri, [1])
+        admin.delete(uri, [2], destroy=True)
+        destroyed = admin.versions(uri)["versions"]
+        assert [v["destroyed"] for v in destroyed] == [True, True]
+        results = admin.bulk(
+            [
+                {"op": "write", "uri": uri, "data": {"password": "v3"}},
+                {"op": "keys", "uri": "vault+kv2://other/x"},
+            ]
+        )
+        assert [(r["status"], r["code"]) for r in results] == [
+            (200, None),
+            (400, "MountNotAllowed"),
+        ]
+        assert results[0]["result"]["version"] == 3
+
+        # refusals surface as SecretsAPIError with the problem's code
+        assert refusal(lambda: app.rotate(uri, {"password": "no"})) == (403, "Denied")
+        assert refusal(lambda: app.metadata(uri)) == (403, "Denied")
+        assert refusal(lambda: admin.delete(uri, destroy=True)) == (400, "InvalidRequest")
+        assert refusal(lambda: admin.metadata(uri + "-missing")) == (404, "SecretNotFound")
+        assert vault_secret(vault, uri)["data"] == {"password": "v3"}
+
+    # one token without DPoP: one change, then Replay (Vault untouched); reads need no new jti
+    fixed = sa_token(cluster, ns, "admin")
+    with sdk(lambda: fixed) as once:
+        assert once.rotate(uri, {"password": "v4"})["version"] == 4
+        assert refusal(lambda: once.rotate(uri, {"password": "v5"})) == (403, "Replay")
+        assert refusal(lambda: once.delete(uri)) == (403, "Replay")
+        assert once.metadata(uri)["currentVersion"] == 4
+    assert vault_secret(vault, uri)["data"] == {"password": "v4"}
+    # the same token with DPoP: the client signs a fresh proof per request
+    bound = sa_token(cluster, ns, "admin")
+    with sdk(lambda: bound, dpop=True) as dpop:
+        assert dpop.rotate(uri, {"password": "v5"})["version"] == 5
+        assert dpop.rotate(uri, {"password": NEW_VALUE})["version"] == 6
+        dpop.set_owner(uri, "team-dpop")
+        assert dpop.metadata(uri)["owner"] == "team-dpop"
+    assert vault_secret(vault, uri)["data"] == {"password": NEW_VALUE}
     assert NEW_VALUE not in op.log()
 
 

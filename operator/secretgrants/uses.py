@@ -152,3 +152,18 @@ def consume(
             binding.setdefault(member, value)
             out["binding"] = binding
     return out
+
+
+def give_back(
+    status: Mapping[str, Any], *, generation: int | None, at: dt.datetime | None = None
+) -> dict[str, Any]:
+    """The status with one counted API read given back: its values never left the operator
+    (the provider failed after the use was counted). The sender binding stays."""
+    at = at or now()
+    out = copy.deepcopy(dict(status))
+    out["usesConsumed"] = max(0, int(out.get("usesConsumed") or 0) - 1)
+    if out.get("usesRemaining") is not None:
+        out["usesRemaining"] = int(out["usesRemaining"]) + 1
+        if out.get("phase") == Phase.EXHAUSTED.value:
+            _with_phase(out, Phase.GRANTED, generation, at)
+    return out

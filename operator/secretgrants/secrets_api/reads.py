@@ -5,13 +5,16 @@ Granted, unexpired), the binding (same ServiceAccount name and UID), the
 sender (DPoP key and client certificate, once bound: :mod:`.binding`),
 replay (a token's ``jti`` without DPoP, the proof's ``jti`` with it, each
 usable once per grant: :mod:`.replay`), and uses (counted with a
-compare-and-swap on the status). Only then is the provider read.
+compare-and-swap on the status). Only then is the provider read; when that
+read fails, the use is given back (one more compare-and-swap), so a failed
+read spends none and a client may retry it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
@@ -30,11 +33,13 @@ from secretgrants.secrets_api.binding import Sender, check_sender
 from secretgrants.secrets_api.problems import Problem, from_error
 from secretgrants.secrets_api.replay import ReplayCache, replayed, token_jti
 from secretgrants.uri import parse_secret_uri
-from secretgrants.uses import consume
+from secretgrants.uses import consume, give_back
 
 __all__ = ["MAX_CAS_ATTEMPTS", "GrantReader", "GrantStore"]
 
 MAX_CAS_ATTEMPTS: Final = 30
+
+log = logging.getLogger("secretgrants")
 
 
 class GrantStore(Protocol):
@@ -130,14 +135,32 @@ class GrantReader:
             await asyncio.sleep(0.005)
         else:
             raise Problem(409, "Conflict", "too many concurrent reads of this grant; retry")
+        try:
+            values, version = await self._values(spec)
+        except Problem:
+            await self._give_back(namespace, name)  # nothing was read: the use is not spent
+            raise
         self.metrics.uses.inc()
-        values, version = await self._values(spec)
         return {
             "data": values,
             "version": version,
             "expiresAt": status.get("expiresAt"),
             "usesRemaining": updated.get("usesRemaining"),
         }
+
+    async def _give_back(self, namespace: str, name: str) -> None:
+        """Return the use a failed read counted (compare-and-swap; best effort, then logged)."""
+        for _attempt in range(MAX_CAS_ATTEMPTS):
+            grant = await self.store.read_grant(namespace, name)
+            if grant is None:
+                return
+            status = grant.get("status") or {}
+            generation = (grant.get("metadata") or {}).get("generation")
+            returned = give_back(status, generation=generation)
+            if await self.store.replace_grant_status(namespace, {**grant, "status": returned}):
+                return
+            await asyncio.sleep(0.005)
+        log.warning("could not give back the use of a failed read of %s/%s", namespace, name)
 
     @staticmethod
     def _replay_key(caller: Caller, namespace: str, name: str, proof: DPoPProof | None) -> str:

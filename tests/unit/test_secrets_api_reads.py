@@ -1,0 +1,110 @@
+"""A grant read whose provider fails spends no use (the use is given back).
+
+What goes in: an in-memory grant store with compare-and-swap semantics (resourceVersion),
+a provider that fails or answers. What is asserted: the grant's use counters after a
+failed read, and that a later read still has the use.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from secretgrants.errors import ProviderUnavailable
+from secretgrants.metrics import Metrics
+from secretgrants.providers.base import SecretData
+from secretgrants.secrets_api.authentication import Caller
+from secretgrants.secrets_api.problems import Problem
+from secretgrants.secrets_api.reads import GrantReader
+from secretgrants.uses import give_back
+
+CALLER = Caller(
+    namespace="team", service_account="app", uid="sa-uid", token="t", claims={"jti": "j1"}
+)
+
+
+class Store:
+    def __init__(self, grant: dict[str, Any]) -> None:
+        self.grant = grant
+        self.version = 1
+
+    async def read_grant(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(
+            {**self.grant, "metadata": {**self.grant["metadata"], "rv": self.version}}
+        )
+
+    async def replace_grant_status(
+        self, namespace: str, obj: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        if obj["metadata"]["rv"] != self.version:
+            return None  # a conflict: someone wrote in between
+        self.version += 1
+        self.grant = {**self.grant, "status": obj["status"]}
+        return obj
+
+
+class Provider:
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    async def read(self, uri: Any, version: int | None = None) -> SecretData:
+        if self.fail:
+            raise ProviderUnavailable("Vault is unreachable (read)")
+        return SecretData(data={"password": "pw"}, version=3)
+
+
+class Providers:
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+
+    def provider_for(self, uri: Any) -> Provider:
+        return self.provider
+
+
+def a_grant(uses_remaining: int) -> dict[str, Any]:
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "metadata": {"name": "db", "namespace": "team", "generation": 1},
+        "spec": {
+            "secretUri": "vault+kv2://secret/team/db#password",
+            "purpose": "read",
+            "serviceAccountName": "app",
+            "maxUses": 1,
+            "delivery": {"mode": "Api"},
+        },
+        "status": {
+            "phase": "Granted",
+            "expiresAt": later,
+            "usesRemaining": uses_remaining,
+            "usesConsumed": 1 - uses_remaining,
+            "binding": {"serviceAccountName": "app", "serviceAccountUID": "sa-uid"},
+        },
+    }
+
+
+async def test_a_failed_provider_read_gives_the_use_back() -> None:
+    store = Store(a_grant(uses_remaining=1))
+    provider = Provider(fail=True)
+    reader = GrantReader(store, Providers(provider), Metrics())
+    with pytest.raises(Problem) as failed:
+        await reader.read(CALLER, "team", "db", proof=None, certificate=None)
+    assert (failed.value.status, failed.value.code) == (502, "ProviderUnavailable")
+    status = store.grant["status"]
+    assert (status["phase"], status["usesRemaining"], status["usesConsumed"]) == ("Granted", 1, 0)
+
+    provider.fail = False  # the store is back: the one use is still there
+    fresh = Caller(**{**CALLER.__dict__, "claims": {"jti": "j2"}})
+    body = await reader.read(fresh, "team", "db", proof=None, certificate=None)
+    assert body["data"] == {"password": "pw"} and body["usesRemaining"] == 0
+    assert store.grant["status"]["phase"] == "Exhausted"
+
+
+def test_give_back_reopens_an_exhausted_grant() -> None:
+    status = {"phase": "Exhausted", "usesRemaining": 0, "usesConsumed": 2, "conditions": []}
+    out = give_back(status, generation=4)
+    assert (out["phase"], out["usesRemaining"], out["usesConsumed"]) == ("Granted", 1, 1)
+    unlimited = give_back({"phase": "Granted", "usesConsumed": 5}, generation=1)
+    assert unlimited["usesConsumed"] == 4 and "usesRemaining" not in unlimited

@@ -236,6 +236,16 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SECRETGRANTS_OPERATOR_NAMESPACE", "operator_namespace"),
         description="Where the operator runs; its webhooks never apply there.",
     )
+    worker_limit: int | None = Field(
+        default=None,
+        ge=8,
+        validation_alias=AliasChoices("SECRETGRANTS_WORKER_LIMIT", "worker_limit"),
+        description=(
+            "How many objects kopf handles at once; unlimited when unset. A limit bounds "
+            "the memory of a burst, but a grant waiting out a retry delay keeps its slot: "
+            "during a store outage, retrying grants can hold up deletions of others."
+        ),
+    )
     heap_trim_seconds: float = Field(
         default=10.0,
         ge=0,

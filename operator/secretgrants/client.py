@@ -31,12 +31,13 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from secretgrants.client_management import API_BASE, ManagementMethods
+from secretgrants.api_paths import READ_PATH
+from secretgrants.client_management import ManagementMethods
 from secretgrants.dpop import sign_proof
 
 __all__ = ["SecretsAPIError", "SecretsClient"]
 
-READ = API_BASE + "/namespaces/{namespace}/grants/{name}"
+READ = READ_PATH
 RETRY_STATUSES = frozenset({502, 503})
 
 

@@ -20,21 +20,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from secretgrants.api_paths import API_BASE, PATHS
+
 __all__ = ["API_BASE", "PATHS", "READ_ONLY_OPS", "ManagementMethods"]
 
-API_BASE: Final = "/api/secrets/v1"
-PATHS: Final = {
-    "secrets": API_BASE + "/secrets",
-    "rotate": API_BASE + "/secrets/rotate",
-    "undelete": API_BASE + "/secrets/undelete",
-    "destroy_versions": API_BASE + "/secrets/destroy-versions",
-    "metadata": API_BASE + "/metadata",
-    "metadata_detail": API_BASE + "/metadata/detail",
-    "owner": API_BASE + "/metadata/owner",
-    "keys": API_BASE + "/keys",
-    "versions": API_BASE + "/versions",
-    "bulk": API_BASE + "/bulk",
-}
 READ_ONLY_OPS: Final = frozenset({"metadata", "metadata_detail", "keys", "versions"})
 """Bulk ``op`` values that change nothing: a bulk of only these is retried."""
 

@@ -13,26 +13,11 @@ from typing import Any, Final, get_args
 
 from pydantic.json_schema import models_json_schema
 
+from secretgrants.api_paths import API_BASE, PATHS, READ_PATH
 from secretgrants.secrets_api import models
 from secretgrants.secrets_api.operations import OPERATIONS, Operation
 
 __all__ = ["API_BASE", "PATHS", "READ_PATH", "openapi_document"]
-
-API_BASE: Final = "/api/secrets/v1"
-READ_PATH: Final = API_BASE + "/namespaces/{namespace}/grants/{name}"
-PATHS: Final = {
-    "secrets": API_BASE + "/secrets",
-    "rotate": API_BASE + "/secrets/rotate",
-    "undelete": API_BASE + "/secrets/undelete",
-    "destroy_versions": API_BASE + "/secrets/destroy-versions",
-    "metadata": API_BASE + "/metadata",
-    "metadata_detail": API_BASE + "/metadata/detail",
-    "owner": API_BASE + "/metadata/owner",
-    "keys": API_BASE + "/keys",
-    "versions": API_BASE + "/versions",
-    "bulk": API_BASE + "/bulk",
-    "openapi": API_BASE + "/openapi.json",
-}
 
 _REQUESTS = (models.SecretWrite, models.VersionsRequest, models.OwnerUpdate, models.BulkRequest)
 _RESPONSES = (

@@ -10,6 +10,7 @@ against an existing cluster instead of the local control plane.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -127,16 +128,42 @@ def crds(cluster: Cluster) -> None:
         "crd/secretgrantrequests.secretgrants.io",
         "crd/secrettenants.secretgrants.io",
     )
-    # Established is not yet served: a fresh CRD's storage answers 429 "storage is
-    # (re)initializing" for a moment after.
-    wait_until(
-        lambda: all(
-            cluster.kubectl("get", kind, "-A", "-o", "name", check=False).returncode == 0
-            for kind in ("secretgrantrequests", "secrettenants")
-        ),
-        timeout=60,
-        what="the CRDs to be served",
-    )
+    # Established is not yet served: for a moment a fresh CRD answers reads with 429
+    # "storage is (re)initializing" and creates with 503 "Resource kind ... not found".
+    # A server-side dry-run create of each kind goes the whole way a create goes.
+    probes = [
+        {
+            "apiVersion": "secretgrants.io/v1alpha1",
+            "kind": "SecretTenant",
+            "metadata": {"name": "crd-probe"},
+            "spec": {
+                "tenantId": "probe",
+                "namespaces": ["default"],
+                "allowedMounts": ["vault+kv2://secret"],
+            },
+        },
+        {
+            "apiVersion": "secretgrants.io/v1alpha1",
+            "kind": "SecretGrantRequest",
+            "metadata": {"name": "crd-probe", "namespace": "default"},
+            "spec": {
+                "secretUri": "vault+kv2://secret/probe",
+                "serviceAccountName": "default",
+                "justification": "probe",
+            },
+        },
+    ]
+
+    def served() -> bool:
+        return all(
+            cluster.kubectl(
+                "create", "--dry-run=server", "-f", "-", input=json.dumps(probe), check=False
+            ).returncode
+            == 0
+            for probe in probes
+        )
+
+    wait_until(served, timeout=60, what="the CRDs to take creates")
 
 
 @dataclass

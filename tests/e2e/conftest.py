@@ -12,7 +12,7 @@ from tests.e2e.kube import apply, tenant
 
 
 @pytest.fixture
-def ready_namespace(cluster: Cluster, namespace: str) -> Iterator[str]:
+def ready_namespace(cluster: Cluster, crds: None, namespace: str) -> Iterator[str]:
     """The test namespace with a tenant allowing the `secret` mount and ServiceAccounts
     `app` and `other`."""
     name = f"t-{uuid.uuid4().hex[:8]}"

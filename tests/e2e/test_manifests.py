@@ -258,32 +258,31 @@ def test_helm_chart_lints_renders_and_is_accepted(cluster: Cluster, operator_rba
         assert chart_crd.read_text() == (REPO / "crds" / crd).read_text(), f"{crd}: run make crds"
 
 
-def test_helm_kafka_tls_and_sasl_password_from_a_secret() -> None:
-    """The Kafka sink's TLS files come from a mounted Secret, the SASL password by secretKeyRef."""
+def _rendered_pod(*values: str) -> dict[str, Any]:
+    """The operator Deployment's pod spec that ``helm template`` renders with ``values``."""
+    sets = [arg for value in values for arg in ("--set", value)]
     rendered = _helm(
-        "template",
-        "sg",
-        str(REPO / "charts" / "secretgrants"),
-        "--kube-version",
-        "1.36.0",
-        "--set",
-        "audit.sinks={stdout,kafka}",
-        "--set",
-        "audit.kafka.bootstrap=kafka.kafka.svc:9093",
-        "--set",
-        "audit.kafka.securityProtocol=SASL_SSL",
-        "--set",
-        "audit.kafka.tls.secret=kafka-ca",
-        "--set",
-        "audit.kafka.sasl.mechanism=SCRAM-SHA-512",
-        "--set",
-        "audit.kafka.sasl.username=audit",
-        "--set",
-        "audit.kafka.sasl.passwordSecret=kafka-audit",
+        "template", "sg", str(REPO / "charts" / "secretgrants"), "--kube-version", "1.36.0", *sets
     )
     assert rendered.returncode == 0, rendered.stderr
     docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
-    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    pod: dict[str, Any] = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"][
+        "spec"
+    ]
+    return pod
+
+
+def test_helm_kafka_tls_and_sasl_password_from_a_secret() -> None:
+    """The Kafka sink's TLS files come from a mounted Secret, the SASL password by secretKeyRef."""
+    pod = _rendered_pod(
+        "audit.sinks={stdout,kafka}",
+        "audit.kafka.bootstrap=kafka.kafka.svc:9093",
+        "audit.kafka.securityProtocol=SASL_SSL",
+        "audit.kafka.tls.secret=kafka-ca",
+        "audit.kafka.sasl.mechanism=SCRAM-SHA-512",
+        "audit.kafka.sasl.username=audit",
+        "audit.kafka.sasl.passwordSecret=kafka-audit",
+    )
     container = pod["containers"][0]
     env = {e["name"]: e for e in container["env"]}
     assert env["SECRETGRANTS_KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
@@ -303,20 +302,9 @@ def test_helm_kafka_tls_and_sasl_password_from_a_secret() -> None:
 
 def test_helm_vault_ca_from_a_secret() -> None:
     """A private CA for Vault comes from a mounted Secret and is named by VAULT_CACERT."""
-    rendered = _helm(
-        "template",
-        "sg",
-        str(REPO / "charts" / "secretgrants"),
-        "--kube-version",
-        "1.36.0",
-        "--set",
-        "provider.vault.url=https://vault.vault.svc:8200",
-        "--set",
-        "provider.vault.caSecret=vault-ca",
+    pod = _rendered_pod(
+        "provider.vault.url=https://vault.vault.svc:8200", "provider.vault.caSecret=vault-ca"
     )
-    assert rendered.returncode == 0, rendered.stderr
-    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
-    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
     container = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     mount = next(m for m in container["volumeMounts"] if m["name"] == "vault-tls")

@@ -16,9 +16,10 @@ client keeps an in-memory P-256 key (never written to disk), signs a proof
 per request, and may reuse its token until it expires. With ``cert`` (a client
 certificate), the first read binds the grant to it (mTLS). Refusals raise
 :class:`SecretsAPIError` from the RFC 9457 problem body. Retries with backoff
-on 502 and 503 only, and only for calls that change nothing (grant reads,
-metadata, keys, versions): a write that failed with a 502 may have reached
-the provider, so a retry could write twice. Values are returned, never logged.
+on 409 (a grant being decided again, or contended), 502 and 503 only, and only
+for calls that change nothing (grant reads, whose failed use is not counted,
+metadata, keys, versions): a write that failed with a 502 may have reached the
+provider, so a retry could write twice. Values are returned, never logged.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from secretgrants.dpop import sign_proof
 __all__ = ["SecretsAPIError", "SecretsClient"]
 
 READ = READ_PATH
-RETRY_STATUSES = frozenset({502, 503})
+RETRY_STATUSES = frozenset({409, 502, 503})
 
 
 class SecretsAPIError(Exception):

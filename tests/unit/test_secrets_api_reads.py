@@ -1,8 +1,9 @@
-"""A grant read whose provider fails spends no use (the use is given back).
+"""A grant read whose provider fails spends no use; a spec not yet decided is not read.
 
 What goes in: an in-memory grant store with compare-and-swap semantics (resourceVersion),
 a provider that fails or answers. What is asserted: the grant's use counters after a
-failed read, and that a later read still has the use.
+failed read, and that a later read still has the use; a grant whose spec changed after
+its decision (another secretUri) is refused with 409 GrantChanging, the provider unread.
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ class Store:
 class Provider:
     def __init__(self, fail: bool) -> None:
         self.fail = fail
+        self.read_uris: list[str] = []
 
     async def read(self, uri: Any, version: int | None = None) -> SecretData:
+        self.read_uris.append(uri.format())
         if self.fail:
             raise ProviderUnavailable("Vault is unreachable (read)")
         return SecretData(data={"password": "pw"}, version=3)
@@ -77,6 +80,7 @@ def a_grant(uses_remaining: int) -> dict[str, Any]:
         },
         "status": {
             "phase": "Granted",
+            "observedGeneration": 1,
             "expiresAt": later,
             "usesRemaining": uses_remaining,
             "usesConsumed": 1 - uses_remaining,
@@ -100,6 +104,27 @@ async def test_a_failed_provider_read_gives_the_use_back() -> None:
     body = await reader.read(fresh, "team", "db", proof=None, certificate=None)
     assert body["data"] == {"password": "pw"} and body["usesRemaining"] == 0
     assert store.grant["status"]["phase"] == "Exhausted"
+
+
+async def test_a_spec_changed_since_its_decision_is_not_read() -> None:
+    grant = a_grant(uses_remaining=1)
+    # The owner points the Granted grant at another secret; the operator has not decided
+    # the new generation yet, so the status is still the decision on generation 1.
+    grant["metadata"]["generation"] = 2
+    grant["spec"]["secretUri"] = "vault+kv2://secret/other-team/db#password"
+    store = Store(grant)
+    provider = Provider(fail=False)
+    reader = GrantReader(store, Providers(provider), Metrics())
+    with pytest.raises(Problem) as refused:
+        await reader.read(CALLER, "team", "db", proof=None, certificate=None)
+    assert (refused.value.status, refused.value.code) == (409, "GrantChanging")
+    assert provider.read_uris == []
+    assert store.grant["status"]["usesRemaining"] == 1 and store.version == 1
+
+    store.grant["status"]["observedGeneration"] = 2  # decided (permitted) again: readable
+    body = await reader.read(CALLER, "team", "db", proof=None, certificate=None)
+    assert body["data"] == {"password": "pw"}
+    assert provider.read_uris == ["vault+kv2://secret/other-team/db"]
 
 
 def test_give_back_reopens_an_exhausted_grant() -> None:

@@ -55,7 +55,8 @@ _READ_PROBLEMS: Final = {
     "GrantNotGranted, InsufficientScope or NotAServiceAccount.",
     "404": "GrantNotFound, SecretNotFound or KeyNotFound.",
     "405": "MethodNotAllowed.",
-    "409": "Conflict: too many concurrent reads.",
+    "409": "Conflict: too many concurrent reads; GrantChanging: the grant's spec changed "
+    "since its last decision (retry).",
     "410": "VersionDeleted or VersionDestroyed.",
     "501": "UnsupportedOperation: the provider cannot carry out the operation.",
     "502": "ProviderUnavailable or ProviderDenied: the provider failed.",

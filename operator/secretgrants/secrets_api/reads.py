@@ -62,10 +62,23 @@ def check_grant(
     name: str,
     caller: Caller,
     namespace: str,
+    generation: object = None,
 ) -> None:
-    """Refuse a grant that is not an Api grant, not Granted, or bound to another account."""
+    """Refuse a grant that is not an Api grant, not Granted, or bound to another account.
+
+    The status must be the decision on this very spec (``observedGeneration`` equal to
+    ``generation``): the values are read from the spec's ``secretUri``, and a spec
+    changed since the decision (another URI, another key) was permitted by no one yet.
+    """
     if spec.delivery.mode.value != "Api":
         raise Problem(400, "NotAnApiGrant", f"SecretGrantRequest {name!r} delivers by Volume")
+    if status.get("observedGeneration") != generation:
+        raise Problem(
+            409,
+            "GrantChanging",
+            f"SecretGrantRequest {name!r} changed since its last decision and is being "
+            "decided again; retry shortly",
+        )
     phase = status.get("phase")
     expires = _parse_expiry(status.get("expiresAt"))
     if phase == "Expired" or (expires is not None and expires <= now()):
@@ -111,7 +124,8 @@ class GrantReader:
                 raise Problem(404, "GrantNotFound", f"SecretGrantRequest {name!r} does not exist")
             status = grant.get("status") or {}
             spec = SecretGrantRequestSpec.model_validate(grant.get("spec") or {})
-            check_grant(spec, status, name, caller, namespace)
+            generation = (grant.get("metadata") or {}).get("generation")
+            check_grant(spec, status, name, caller, namespace, generation)
             sender = Sender(jkt=proof.jkt if proof else None, x5t_s256=certificate)
             new = check_sender(status.get("binding") or {}, sender)
             replay_key = self._replay_key(caller, namespace, name, proof)
@@ -122,7 +136,7 @@ class GrantReader:
             try:
                 updated = consume(
                     status,
-                    generation=(grant.get("metadata") or {}).get("generation"),
+                    generation=generation,
                     jkt=new.jkt,
                     x5t_s256=new.x5t_s256,
                 )

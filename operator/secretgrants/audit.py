@@ -55,6 +55,7 @@ def resource_ref(salt: bytes | None, uri: SecretURI) -> str | None:
 class EventType(StrEnum):
     DECISION = "decision"
     DELIVERY_WRITTEN = "delivery_written"
+    DELIVERY_FAILED = "delivery_failed"
     POD_ADMITTED = "pod_admitted"
     POD_DENIED = "pod_denied"
     USE_RESERVED = "use_reserved"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from secretgrants.api.common import API_VERSION, GROUP
 from secretgrants.api.grant import SecretGrantRequestSpec
-from secretgrants.errors import KeyNotFound
+from secretgrants.errors import DeliveryFailed, KeyNotFound
 
 __all__ = [
     "ANNOTATION_EXPIRES_AT",
@@ -24,6 +25,7 @@ __all__ = [
     "LABEL_GRANT",
     "LABEL_SERVICE_ACCOUNT",
     "SECRET_TYPE",
+    "check_secret_keys",
     "delivery_secret",
     "delivery_secret_name",
     "label_value",
@@ -61,6 +63,20 @@ def select_keys(
     if missing:
         raise KeyNotFound(f"the secret has no key {missing[0]!r}")
     return {k: data[k] for k in wanted}
+
+
+_SECRET_KEY: Final = re.compile(r"[-._a-zA-Z0-9]{1,253}")  # the apiserver's rule for Secret keys
+
+
+def check_secret_keys(keys: Iterable[str]) -> None:
+    """Refuse keys a Kubernetes Secret cannot hold (the apiserver would answer 422)."""
+    for key in keys:
+        if not _SECRET_KEY.fullmatch(key) or key in {".", ".."}:
+            raise DeliveryFailed(
+                f"the secret's key {key!r} cannot be a key of a Kubernetes Secret (letters, "
+                "digits, '-', '_' and '.', at most 253): rename it in the store, or read it "
+                "with delivery.mode: Api"
+            )
 
 
 def label_value(value: str) -> str:

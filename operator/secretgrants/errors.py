@@ -16,14 +16,16 @@ value, a token, or a provider path beyond what the caller already sent.
     ├── PolicyError ................. 403
     │   ├── PDPUnavailable .......... 403  PDPUnavailable   (fail closed; retried)
     │   └── UnknownObligation ....... 403  UnknownObligation
-    └── ProviderError ............... 502
-        ├── ProviderUnavailable ..... 502  ProviderUnavailable (retried)
-        ├── ProviderDenied .......... 502  ProviderDenied
-        ├── SecretNotFound .......... 404  SecretNotFound
-        ├── KeyNotFound ............. 404  KeyNotFound
-        ├── VersionDeleted .......... 410  VersionDeleted
-        ├── VersionDestroyed ........ 410  VersionDestroyed
-        └── UnsupportedOperation .... 501  UnsupportedOperation
+    ├── ProviderError ............... 502
+    │   ├── ProviderUnavailable ..... 502  ProviderUnavailable (retried)
+    │   ├── ProviderDenied .......... 502  ProviderDenied
+    │   ├── SecretNotFound .......... 404  SecretNotFound
+    │   ├── KeyNotFound ............. 404  KeyNotFound
+    │   ├── VersionDeleted .......... 410  VersionDeleted
+    │   ├── VersionDestroyed ........ 410  VersionDestroyed
+    │   └── UnsupportedOperation .... 501  UnsupportedOperation
+    └── DeliveryFailed .............. 500  DeliveryFailed
+        └── DeliveryUnavailable ..... 500  DeliveryFailed (retried)
 
 ``retryable`` tells the kopf handlers whether to raise ``TemporaryError``
 (with backoff) or ``PermanentError``.
@@ -36,6 +38,8 @@ from typing import ClassVar
 from secretgrants.reasons import Reason
 
 __all__ = [
+    "DeliveryFailed",
+    "DeliveryUnavailable",
     "GuardError",
     "InvalidSecretURI",
     "KeyNotFound",
@@ -138,3 +142,15 @@ class VersionDestroyed(ProviderError):
 class UnsupportedOperation(ProviderError):
     reason = Reason.UNSUPPORTED_OPERATION
     status = 501
+
+
+class DeliveryFailed(SecretGrantsError):
+    """The delivery Secret could not be written, and trying again will not help."""
+
+    reason = Reason.DELIVERY_FAILED
+
+
+class DeliveryUnavailable(DeliveryFailed):
+    """The delivery Secret could not be written for now (the apiserver busy or failing)."""
+
+    retryable = True

@@ -72,6 +72,8 @@ class Reason(StrEnum):
     VERSION_DELETED = "VersionDeleted"
     VERSION_DESTROYED = "VersionDestroyed"
     UNSUPPORTED_OPERATION = "UnsupportedOperation"
+    # delivery (the apiserver refused the delivery Secret)
+    DELIVERY_FAILED = "DeliveryFailed"
     # lifecycle
     EXPIRED = "Expired"
     EXHAUSTED = "Exhausted"

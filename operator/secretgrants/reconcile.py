@@ -25,8 +25,13 @@ from secretgrants.audit import (
     current_correlation_id,
     resource_ref,
 )
-from secretgrants.delivery import ANNOTATION_STATE, delivery_secret, select_keys
-from secretgrants.errors import SecretGrantsError
+from secretgrants.delivery import (
+    ANNOTATION_STATE,
+    check_secret_keys,
+    delivery_secret,
+    select_keys,
+)
+from secretgrants.errors import DeliveryFailed, DeliveryUnavailable, SecretGrantsError
 from secretgrants.grants import (
     LIVE_PHASES,
     GuardOutcome,
@@ -36,6 +41,7 @@ from secretgrants.grants import (
     granted_status,
     guard_passed_status,
 )
+from secretgrants.kube import KubeAPIError
 from secretgrants.lifecycle import (
     Outcome,
     secret_of,
@@ -44,7 +50,7 @@ from secretgrants.lifecycle import subject as _subject
 from secretgrants.metrics import Metrics
 from secretgrants.policy import Decision, Effect, PolicyDecisionPoint, apply_obligations
 from secretgrants.reasons import Reason
-from secretgrants.redaction import register_secret
+from secretgrants.redaction import redact, register_secret
 from secretgrants.settings import Settings
 
 __all__ = ["audit", "authorize_and_deliver", "withdraw_delivery"]
@@ -153,38 +159,48 @@ async def authorize_and_deliver(
         values = select_keys(data.data, parsed, outcome.uri.fragment)
         for value in values.values():
             register_secret(value)
+        if parsed.delivery.mode is DeliveryMode.VOLUME:
+            check_secret_keys(values)
+
+        if enforcement.ttl_seconds is None:
+            enforcement = enforcement.model_copy(update={"ttl_seconds": cfg.default_ttl_seconds})
+        at = now()
+        expires = at + dt.timedelta(seconds=enforcement.ttl_seconds or cfg.default_ttl_seconds)
+        secret_name: str | None = None
+        if parsed.delivery.mode is DeliveryMode.VOLUME:
+            with tracing.span(
+                tracing.SPAN_DELIVERY,
+                delivery_mode=parsed.delivery.mode.value,
+                key_count=len(values),
+            ):
+                body = delivery_secret(
+                    grant_name=name,
+                    grant_uid=uid,
+                    service_account=parsed.service_account_name,
+                    values=values,
+                    expires_at=expires,
+                )
+                await _write_delivery(memo, namespace, body)
+                secret_name = body["metadata"]["name"]
+                await audit(
+                    memo,
+                    EventType.DELIVERY_WRITTEN,
+                    AuditEffect.PERMIT,
+                    "Delivered",
+                    decision_id=final.decision_id,
+                    **context,
+                )
     except SecretGrantsError as err:
         metrics.errors.labels(err.reason.value).inc()
-        await audit(memo, EventType.PROVIDER_ERROR, AuditEffect.ERROR, err.reason.value, **context)
+        failure = (
+            EventType.DELIVERY_FAILED
+            if isinstance(err, DeliveryFailed)
+            else EventType.PROVIDER_ERROR
+        )
+        await audit(memo, failure, AuditEffect.ERROR, err.reason.value, **context)
         failed = failure_status(err, generation=generation, status=status, tenant=tenant)
         return Outcome(failed, err.reason.value if err.retryable else None)
 
-    if enforcement.ttl_seconds is None:
-        enforcement = enforcement.model_copy(update={"ttl_seconds": cfg.default_ttl_seconds})
-    at = now()
-    expires = at + dt.timedelta(seconds=enforcement.ttl_seconds or cfg.default_ttl_seconds)
-    secret_name: str | None = None
-    if parsed.delivery.mode is DeliveryMode.VOLUME:
-        with tracing.span(
-            tracing.SPAN_DELIVERY, delivery_mode=parsed.delivery.mode.value, key_count=len(values)
-        ):
-            body = delivery_secret(
-                grant_name=name,
-                grant_uid=uid,
-                service_account=parsed.service_account_name,
-                values=values,
-                expires_at=expires,
-            )
-            await memo.kube.upsert_secret(namespace, body)
-            secret_name = body["metadata"]["name"]
-            await audit(
-                memo,
-                EventType.DELIVERY_WRITTEN,
-                AuditEffect.PERMIT,
-                "Delivered",
-                decision_id=final.decision_id,
-                **context,
-            )
     granted = granted_status(
         enforcement,
         generation=generation,
@@ -199,6 +215,24 @@ async def authorize_and_deliver(
         at=at,
     )
     return Outcome(granted, permitted=True)
+
+
+async def _write_delivery(memo: kopf.Memo, namespace: str, body: dict[str, Any]) -> None:
+    """Write the delivery Secret; an apiserver refusal becomes a reason on the grant.
+
+    The apiserver's words are kept (they name a key or a limit, never a value: the
+    Secret's data is not echoed in its Status), redacted all the same. Overload (429),
+    conflicts and server errors are retried; anything else (an invalid or too large
+    Secret, a quota, a policy, an existing Secret of another type) waits for a change.
+    """
+    try:
+        await memo.kube.upsert_secret(namespace, body)
+    except KubeAPIError as err:
+        said = redact(f"{err.status} {err.reason}: {err.message}".rstrip(": "))
+        message = f"the apiserver refused the delivery Secret: {said}"
+        if err.status in (409, 429) or err.status >= 500:
+            raise DeliveryUnavailable(message) from None
+        raise DeliveryFailed(message) from None
 
 
 def _indexed_uid(memo: kopf.Memo, namespace: str, name: str) -> str | None:

@@ -65,6 +65,7 @@ class EventType(StrEnum):
     REVOKED = "revoked"
     GUARD_REJECTED = "guard_rejected"
     PROVIDER_ERROR = "provider_error"
+    GRANT_READ = "grant_read"  # a Secrets API read of an Api grant, permitted or refused
     SECRET_MANAGED = "secret_managed"  # noqa: S105 - a Secrets API management call carried out
     API_REFUSED = "api_refused"  # refused before any decision (auth, DPoP, scope, replay)
 

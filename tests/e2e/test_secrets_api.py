@@ -114,6 +114,26 @@ def test_fresh_tokens_read_once_each_and_refusals_have_codes(
     assert SECRET_VALUE not in operator.log().replace(
         json.dumps({"password": SECRET_VALUE}), ""
     )  # the value appears in no log line
+    reads = [
+        e
+        for e in operator.audit_events()
+        if e["type"] == "grant_read" and e["grant_namespace"] == ns and e["grant_name"] == "api"
+    ]
+    permitted = [e for e in reads if e["effect"] == "permit"]
+    assert len(permitted) == 3  # one record per counted use, naming the decision
+    status = get(cluster, "sgr", "api", ns)["status"]
+    for event in permitted:
+        assert event["decision_id"] == status["decision"]["id"]
+        assert event["resource_ref"] == status["resourceRef"] and event["tenant"] == "e2e"
+        assert event["subject"] == f"system:serviceaccount:{ns}:app"
+    refused = {(e["reason"], e["effect"]) for e in reads if e["effect"] != "permit"}
+    assert {
+        ("Replay", "deny"),
+        ("ServiceAccountMismatch", "deny"),
+        ("UsesExhausted", "deny"),
+    } <= refused
+    mismatch = next(e for e in reads if e["reason"] == "ServiceAccountMismatch")
+    assert mismatch["decision_id"] == status["decision"]["id"]  # refusals name the grant too
 
 
 def test_dpop_binds_the_grant_to_the_first_key(

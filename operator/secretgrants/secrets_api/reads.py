@@ -100,6 +100,17 @@ def check_grant(
         )
 
 
+def audit_fields(grant: Mapping[str, Any]) -> dict[str, Any]:
+    """What an audit record of a read names of the grant (never its URI or values)."""
+    status = grant.get("status") or {}
+    return {
+        "grant_uid": (grant.get("metadata") or {}).get("uid"),
+        "tenant": status.get("tenant"),
+        "resource_ref": status.get("resourceRef"),
+        "decision_id": (status.get("decision") or {}).get("id"),
+    }
+
+
 class GrantReader:
     """Reads one grant for one authenticated caller, or raises a :class:`Problem`."""
 
@@ -117,12 +128,18 @@ class GrantReader:
         *,
         proof: DPoPProof | None,
         certificate: str | None,
+        audit: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """The grant's values; ``audit`` (when given) gets what the audit record says of
+        the grant (uid, tenant, resourceRef, decision id) as soon as it is read, so that
+        a refusal is recorded with them too."""
         for _attempt in range(MAX_CAS_ATTEMPTS):
             grant = await self.store.read_grant(namespace, name)
             if grant is None:
                 raise Problem(404, "GrantNotFound", f"SecretGrantRequest {name!r} does not exist")
             status = grant.get("status") or {}
+            if audit is not None:
+                audit.update(audit_fields(grant))
             spec = SecretGrantRequestSpec.model_validate(grant.get("spec") or {})
             generation = (grant.get("metadata") or {}).get("generation")
             check_grant(spec, status, name, caller, namespace, generation)

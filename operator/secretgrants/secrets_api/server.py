@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -299,19 +299,25 @@ class SecretsAPI:
         namespace = request.match_info["namespace"]
         name = request.match_info["name"]
         caller: Caller | None = None
+        grant: dict[str, Any] = {}  # what the record names of the grant, once it is read
         try:
             caller = await self.auth.authenticate(request.headers, allow_anonymous=False)
             self.auth.require_scopes(caller, [Operation.READ])
             proof = _proof(request, caller)
             body = await self.reader.read(
-                caller, namespace, name, proof=proof, certificate=_client_certificate(request)
+                caller,
+                namespace,
+                name,
+                proof=proof,
+                certificate=_client_certificate(request),
+                audit=grant,
             )
         except Problem as problem:
             effect = AuditEffect.DENY if problem.status < 500 else AuditEffect.ERROR
             tracing.annotate(effect=effect.value, reason=problem.code)
-            await self._audit_read(effect, problem.code, namespace, name, caller)
+            await self._audit_read(effect, problem.code, namespace, name, caller, grant)
             raise
-        await self._audit_read(AuditEffect.PERMIT, "Read", namespace, name, caller)
+        await self._audit_read(AuditEffect.PERMIT, "Read", namespace, name, caller, grant)
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
     async def _audit_read(
@@ -321,9 +327,11 @@ class SecretsAPI:
         namespace: str,
         name: str,
         caller: Caller | None,
+        grant: Mapping[str, Any],
     ) -> None:
+        """One ``grant_read`` record per read, permitted or refused."""
         await self.auditor.record(
-            type=EventType.USE_RESERVED if effect is AuditEffect.PERMIT else EventType.POD_DENIED,
+            type=EventType.GRANT_READ,
             effect=effect,
             reason=reason,
             message="Secrets API read",
@@ -331,6 +339,7 @@ class SecretsAPI:
             grant_namespace=namespace,
             grant_name=name,
             subject=caller.username if caller else None,
+            **grant,
         )
 
     # -- management ------------------------------------------------------------------

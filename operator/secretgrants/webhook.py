@@ -3,9 +3,10 @@
 ``/mutate-pods`` checks each grant a pod names, reserves one use per grant
 (compare-and-swap on the grant status), and injects the volumes.
 ``/validate-pods`` refuses pods that use a delivery Secret the admission did
-not hand them, at creation and when ephemeral containers are added (an UPDATE
-of ``pods/ephemeralcontainers``). Decisions live in ``admission`` and
-``uses``; this module reads, retries and answers AdmissionReviews.
+not hand them, or in a container outside the grant's ``delivery.containers``,
+at creation and when ephemeral containers are added (an UPDATE of
+``pods/ephemeralcontainers``). Decisions live in ``admission`` and ``uses``;
+this module reads, retries and answers AdmissionReviews.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from secretgrants.admission import (
     AdmissionDenied,
     GrantMount,
     added_ephemeral_containers,
+    check_delivery_containers,
     check_ephemeral_use,
     check_grant_for_pod,
     container_secret_refs,
@@ -39,6 +41,7 @@ from secretgrants.admission import (
     grant_mount,
     injected_grants,
     injection_patch,
+    mounted_secrets,
     pod_service_account,
     requested_grants,
 )
@@ -425,12 +428,14 @@ class PodAdmission:
         dry_run: bool = False,
         correlation_id: str | None = None,
     ) -> None:
-        """Refuse (and audit) a pod that uses a delivery Secret the mutating webhook did not give it."""
+        """Refuse (and audit) a pod that uses a delivery Secret the mutating webhook did not
+        give it, or in a container outside the grant's ``delivery.containers``."""
         service_account = pod_service_account(pod)
         injected = injected_grants(pod)
 
         def check(name: str, grant: Mapping[str, Any], secret_name: str) -> None:
             _check_mount(name, grant, secret_name, service_account, injected)
+            check_delivery_containers(name, grant, secret_name, pod)
 
         await self._audited(
             direct_secret_mounts(pod), check, pod, namespace, dry_run, correlation_id
@@ -445,21 +450,27 @@ class PodAdmission:
         dry_run: bool = False,
         correlation_id: str | None = None,
     ) -> None:
-        """Refuse (and audit) ephemeral containers that read a delivery Secret the pod may not.
+        """Refuse (and audit) ephemeral containers that use a delivery Secret the pod may not.
 
         ``pod`` is the pod with its new ``spec.ephemeralContainers``, ``old_pod`` the pod
-        before (an UPDATE of ``pods/ephemeralcontainers``). Only the added containers'
-        ``env`` and ``envFrom`` are checked: the rest of the pod was admitted already,
-        and an ephemeral container can mount none but the pod's own volumes.
+        before (an UPDATE of ``pods/ephemeralcontainers``). Only the added containers are
+        judged: the rest of the pod was admitted already. What they read through ``env``
+        and ``envFrom`` must be the pod's own live grant; what they mount can be none but
+        the pod's own volumes, and a grant that names its ``delivery.containers`` keeps
+        both out of containers not in that list.
         """
         service_account = pod_service_account(pod)
         injected = injected_grants(pod)
+        added = added_ephemeral_containers(pod, old_pod)
+        read = container_secret_refs(added)
         at = now()
 
         def check(name: str, grant: Mapping[str, Any], secret_name: str) -> None:
-            check_ephemeral_use(name, grant, secret_name, service_account, injected, at)
+            if secret_name in read:
+                check_ephemeral_use(name, grant, secret_name, service_account, injected, at)
+            check_delivery_containers(name, grant, secret_name, pod, added=added)
 
-        used = container_secret_refs(added_ephemeral_containers(pod, old_pod))
+        used = read | mounted_secrets(pod, added)
         await self._audited(used, check, pod, namespace, dry_run, correlation_id)
 
     async def _audited(

@@ -50,6 +50,7 @@ __all__ = [
     "pod_service_account",
     "requested_grants",
     "reservation_ids",
+    "secret_users",
 ]
 
 LABEL_INJECT = f"{GROUP}/inject"
@@ -448,6 +449,18 @@ def check_ephemeral_use(
             f"SecretGrantRequest {name!r} is {phase}, not Granted",
             grant=name,
         )
+
+
+def secret_users(
+    pod: Mapping[str, Any], containers: Iterable[Mapping[str, Any]], secret_name: str
+) -> list[str]:
+    """The names of ``containers`` that mount (a volume of ``pod`` carrying) or read Secret
+    ``secret_name``."""
+    return [
+        str(c.get("name"))
+        for c in containers
+        if secret_name in container_secret_refs([c]) | mounted_secrets(pod, [c])
+    ]
 
 
 _KINDS = (

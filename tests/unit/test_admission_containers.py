@@ -6,7 +6,7 @@ carrying its delivery Secret, under any volume name, or read it through
 ``env`` / ``envFrom``. What is asserted: the pure decision
 (``admission.check_delivery_containers``), and that the validating webhook
 (``PodAdmission.validate`` and ``validate_ephemeral``) refuses such pods with
-``ContainerNotAllowed`` and audits the refusals.
+``ContainerNotAllowed`` and audits refusals and allowed ephemeral uses.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from secretgrants.admission import (
     grant_mount,
     injection_patch,
     mounted_secrets,
+    secret_users,
 )
 from secretgrants.audit import Auditor, MemorySink
 from secretgrants.delivery import delivery_secret_name
@@ -100,6 +101,7 @@ def test_volumes_are_found_by_what_they_carry_not_by_name(volume: dict[str, Any]
     pod["spec"]["volumes"].append(volume)
     assert "may not mount volume 'mine'" in refusal(grant, pod).message
     assert mounted_secrets(pod, [pod["spec"]["containers"][1]]) == {SECRET}
+    assert secret_users(pod, pod["spec"]["containers"], SECRET) == ["app", "sidecar"]
 
 
 @pytest.mark.parametrize("reads", [BY_ENV, BY_ENV_FROM], ids=["env", "envFrom"])
@@ -187,3 +189,37 @@ async def test_an_ephemeral_container_outside_the_list_may_neither_mount_nor_rea
         assert err.value.message.startswith("ephemeral container 'dbg' may not")
     await adm.validate_ephemeral(with_ephemeral(pod, {"name": "dbg"}), pod, NS)  # no use
     assert [r[:2] for r in records(events)] == [("pod_denied", "ContainerNotAllowed")] * 3
+
+
+async def test_allowed_ephemeral_uses_are_audited_as_pod_admitted_except_on_dry_run() -> None:
+    grant = a_grant()  # no delivery.containers: today's rules
+    adm, events = audited(grant)
+    pod = injected_pod(grant)
+    mounts = with_ephemeral(pod, {"name": "dbg", **MOUNT}, {"name": "dbg2"})
+    await adm.validate_ephemeral(mounts, pod, NS, correlation_id="u1")
+    await adm.validate_ephemeral(
+        with_ephemeral(pod, {"name": "dbg", **BY_ENV}), pod, NS, dry_run=True
+    )
+    await adm.validate_ephemeral(
+        with_ephemeral(pod, {"name": "dbg", **BY_ENV}), pod, NS, correlation_id="u2"
+    )
+    await adm.validate_ephemeral(with_ephemeral(pod, {"name": "dbg"}), pod, NS, correlation_id="u3")
+    assert records(events) == [
+        (
+            "pod_admitted",
+            "EphemeralContainerAdmitted",
+            "db",
+            "u1",
+            "ephemeral container 'dbg' uses its delivery Secret",
+        ),
+        (
+            "pod_admitted",
+            "EphemeralContainerAdmitted",
+            "db",
+            "u2",
+            "ephemeral container 'dbg' uses its delivery Secret",
+        ),
+    ]
+    assert all(
+        e.pod == "p" and e.subject == f"system:serviceaccount:{NS}:app" for e in events.events
+    )

@@ -5,9 +5,12 @@ objectSelector) and the annotation ``secretgrants.io/grants: db,api-key``.
 For each named grant the mutating webhook checks that the grant is Granted,
 unexpired, has uses left and is bound to the pod's ServiceAccount, then
 injects one read-only projected volume per grant under
-``/var/run/secretgrants/<grant>/``. The validating webhook denies any pod
-that mounts a delivery Secret directly under another ServiceAccount, and any
-ephemeral container that reads one the pod was not admitted with.
+``/var/run/secretgrants/<grant>/`` (into the grant's ``delivery.containers``
+only, when it names some). The validating webhook denies any pod that mounts
+a delivery Secret directly under another ServiceAccount, any ephemeral
+container that reads one the pod was not admitted with, and any container
+outside a grant's ``delivery.containers`` that mounts or reads its delivery
+Secret, however the volume is named.
 
 Everything here is pure: the webhook server reads the grants and Secrets and
 calls these. Messages name grants and ServiceAccounts, never secret paths.
@@ -34,16 +37,20 @@ __all__ = [
     "AdmissionDenied",
     "GrantMount",
     "added_ephemeral_containers",
+    "check_delivery_containers",
     "check_ephemeral_use",
     "check_grant_for_pod",
     "container_secret_refs",
+    "delivery_containers",
     "direct_secret_mounts",
     "grant_mount",
     "injected_grants",
     "injection_patch",
+    "mounted_secrets",
     "pod_service_account",
     "requested_grants",
     "reservation_ids",
+    "secret_users",
 ]
 
 LABEL_INJECT = f"{GROUP}/inject"
@@ -344,14 +351,38 @@ def direct_secret_mounts(pod: Mapping[str, Any]) -> set[str]:
         for container in spec.get(kind) or []
     )
     for volume in spec.get("volumes") or []:
-        secret = volume.get("secret")
-        if secret and secret.get("secretName"):
-            names.add(str(secret["secretName"]))
-        for source in (volume.get("projected") or {}).get("sources") or []:
-            ref = source.get("secret")
-            if ref and ref.get("name"):
-                names.add(str(ref["name"]))
+        names |= _carried(volume)
     return names
+
+
+def _carried(volume: Mapping[str, Any]) -> set[str]:
+    """The Secrets a volume carries: a ``secret`` volume's, a ``projected`` one's sources."""
+    names: set[str] = set()
+    secret = volume.get("secret")
+    if secret and secret.get("secretName"):
+        names.add(str(secret["secretName"]))
+    for source in (volume.get("projected") or {}).get("sources") or []:
+        ref = source.get("secret")
+        if ref and ref.get("name"):
+            names.add(str(ref["name"]))
+    return names
+
+
+def _carriers(pod: Mapping[str, Any]) -> dict[str, set[str]]:
+    """The pod's volumes by name, each with the Secrets it carries."""
+    volumes = (pod.get("spec") or {}).get("volumes") or []
+    return {str(v.get("name")): _carried(v) for v in volumes}
+
+
+def mounted_secrets(pod: Mapping[str, Any], containers: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The Secrets that ``containers`` reach through ``volumeMounts`` of ``pod``'s volumes."""
+    carriers = _carriers(pod)
+    return {
+        secret
+        for container in containers
+        for mount in container.get("volumeMounts") or []
+        for secret in carriers.get(str(mount.get("name")), ())
+    }
 
 
 def added_ephemeral_containers(
@@ -379,8 +410,10 @@ def check_ephemeral_use(
     An ephemeral container joins a pod that was admitted already: it may read, through
     ``env`` or ``envFrom``, the delivery Secret of a grant that the mutating webhook
     mounted in that pod (same pod, same ServiceAccount, the use already counted), and
-    only while the grant is live. Mounting the pod's existing volumes needs no check:
-    they are the pod's own, admitted with it.
+    only while the grant is live. Mounting the pod's existing volumes is not judged
+    here (they are the pod's own, admitted with it), but a grant that names its
+    ``delivery.containers`` keeps an ephemeral container outside that list from both
+    mounting and reading: see ``check_delivery_containers``.
     """
     status = grant.get("status") or {}
     bound = (status.get("binding") or {}).get("serviceAccountName")
@@ -416,3 +449,85 @@ def check_ephemeral_use(
             f"SecretGrantRequest {name!r} is {phase}, not Granted",
             grant=name,
         )
+
+
+def secret_users(
+    pod: Mapping[str, Any], containers: Iterable[Mapping[str, Any]], secret_name: str
+) -> list[str]:
+    """The names of ``containers`` that mount (a volume of ``pod`` carrying) or read Secret
+    ``secret_name``."""
+    return [
+        str(c.get("name"))
+        for c in containers
+        if secret_name in container_secret_refs([c]) | mounted_secrets(pod, [c])
+    ]
+
+
+_KINDS = (
+    ("initContainers", "init container"),
+    ("containers", "container"),
+    ("ephemeralContainers", "ephemeral container"),
+)
+
+
+def delivery_containers(grant: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The containers the grant is delivered to (``spec.delivery.containers``); None for all."""
+    names = ((grant.get("spec") or {}).get("delivery") or {}).get("containers")
+    return tuple(str(n) for n in names) if names else None
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ("container " if len(names) == 1 else "containers ") + ", ".join(map(repr, names))
+
+
+def check_delivery_containers(
+    name: str,
+    grant: Mapping[str, Any],
+    secret_name: str,
+    pod: Mapping[str, Any],
+    *,
+    added: Sequence[Mapping[str, Any]] | None = None,
+) -> None:
+    """Raise AdmissionDenied when a container outside the grant's ``delivery.containers``
+    mounts or reads its delivery Secret ``secret_name``.
+
+    The mutating webhook mounts the grant only into the containers the grant names;
+    this keeps the pod's other containers from reaching the same Secret by their own
+    ``volumeMounts`` (of the injected ``sg-<grant>`` volume or of any ``secret`` or
+    ``projected`` volume that carries it: volumes are found by what they carry, not by
+    name), ``envFrom`` or ``env.valueFrom.secretKeyRef``. ``added`` are the ephemeral
+    containers an update adds (only they are judged then); otherwise every container
+    of ``pod`` is. A grant without ``delivery.containers`` allows every container.
+    """
+    allowed = delivery_containers(grant)
+    if allowed is None:
+        return
+    if added is None:
+        spec = pod.get("spec") or {}
+        judged = [(word, c) for kind, word in _KINDS for c in spec.get(kind) or []]
+    else:
+        judged = [("ephemeral container", c) for c in added]
+    carriers = sorted(v for v, secrets in _carriers(pod).items() if secret_name in secrets)
+    why = (
+        f"the delivery Secret of SecretGrantRequest {name!r}, whose spec.delivery.containers "
+        f"allows only {_quoted(allowed)}"
+    )
+    for word, container in judged:
+        cname = str(container.get("name"))
+        if cname in allowed:
+            continue
+        mounts = [m.get("name") for m in container.get("volumeMounts") or []]
+        volume = next((v for v in carriers if v in mounts), None)
+        if volume is not None:
+            raise AdmissionDenied(
+                "ContainerNotAllowed",
+                f"{word} {cname!r} may not mount volume {volume!r}: it carries {why}",
+                grant=name,
+            )
+        if secret_name in container_secret_refs([container]):
+            raise AdmissionDenied(
+                "ContainerNotAllowed",
+                f"{word} {cname!r} may not read Secret {secret_name!r} through env or "
+                f"envFrom: it is {why}",
+                grant=name,
+            )

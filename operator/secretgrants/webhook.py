@@ -3,9 +3,10 @@
 ``/mutate-pods`` checks each grant a pod names, reserves one use per grant
 (compare-and-swap on the grant status), and injects the volumes.
 ``/validate-pods`` refuses pods that use a delivery Secret the admission did
-not hand them, at creation and when ephemeral containers are added (an UPDATE
-of ``pods/ephemeralcontainers``). Decisions live in ``admission`` and
-``uses``; this module reads, retries and answers AdmissionReviews.
+not hand them, or in a container outside the grant's ``delivery.containers``,
+at creation and when ephemeral containers are added (an UPDATE of
+``pods/ephemeralcontainers``). Decisions live in ``admission`` and ``uses``;
+this module reads, retries and answers AdmissionReviews.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from secretgrants.admission import (
     AdmissionDenied,
     GrantMount,
     added_ephemeral_containers,
+    check_delivery_containers,
     check_ephemeral_use,
     check_grant_for_pod,
     container_secret_refs,
@@ -39,8 +41,10 @@ from secretgrants.admission import (
     grant_mount,
     injected_grants,
     injection_patch,
+    mounted_secrets,
     pod_service_account,
     requested_grants,
+    secret_users,
 )
 from secretgrants.api.common import now
 from secretgrants.audit import Auditor, EventType
@@ -58,6 +62,7 @@ log = logging.getLogger("secretgrants.webhook")
 
 MAX_CAS_ATTEMPTS = 60
 DRY_RUN_RESERVATION = "dry-run"
+EPHEMERAL_ADMITTED: Final = "EphemeralContainerAdmitted"  # the reason of its pod_admitted record
 
 
 class GrantStore(Protocol):
@@ -160,6 +165,7 @@ class PodAdmission:
         grant_name: str | None,
         grant: Mapping[str, Any] | None,
         correlation_id: str | None,
+        message: str | None = None,
     ) -> None:
         """One pod_admitted / pod_denied record, with what the grant's status knows."""
         status = (grant or {}).get("status") or {}
@@ -179,6 +185,7 @@ class PodAdmission:
             resource_ref=status.get("resourceRef"),
             decision_id=(status.get("decision") or {}).get("id"),
             correlation_id=correlation_id,
+            message=message,
         )
 
     async def mutate(
@@ -425,12 +432,14 @@ class PodAdmission:
         dry_run: bool = False,
         correlation_id: str | None = None,
     ) -> None:
-        """Refuse (and audit) a pod that uses a delivery Secret the mutating webhook did not give it."""
+        """Refuse (and audit) a pod that uses a delivery Secret the mutating webhook did not
+        give it, or in a container outside the grant's ``delivery.containers``."""
         service_account = pod_service_account(pod)
         injected = injected_grants(pod)
 
         def check(name: str, grant: Mapping[str, Any], secret_name: str) -> None:
             _check_mount(name, grant, secret_name, service_account, injected)
+            check_delivery_containers(name, grant, secret_name, pod)
 
         await self._audited(
             direct_secret_mounts(pod), check, pod, namespace, dry_run, correlation_id
@@ -445,22 +454,44 @@ class PodAdmission:
         dry_run: bool = False,
         correlation_id: str | None = None,
     ) -> None:
-        """Refuse (and audit) ephemeral containers that read a delivery Secret the pod may not.
+        """Refuse (and audit) ephemeral containers that use a delivery Secret the pod may not.
 
         ``pod`` is the pod with its new ``spec.ephemeralContainers``, ``old_pod`` the pod
-        before (an UPDATE of ``pods/ephemeralcontainers``). Only the added containers'
-        ``env`` and ``envFrom`` are checked: the rest of the pod was admitted already,
-        and an ephemeral container can mount none but the pod's own volumes.
+        before (an UPDATE of ``pods/ephemeralcontainers``). Only the added containers are
+        judged: the rest of the pod was admitted already. What they read through ``env``
+        and ``envFrom`` must be the pod's own live grant; what they mount can be none but
+        the pod's own volumes, and a grant that names its ``delivery.containers`` keeps
+        both out of containers not in that list. Each grant an added container is allowed
+        to mount or read is audited as ``pod_admitted`` (except on a dry run).
         """
         service_account = pod_service_account(pod)
         injected = injected_grants(pod)
+        added = added_ephemeral_containers(pod, old_pod)
+        read = container_secret_refs(added)
         at = now()
 
         def check(name: str, grant: Mapping[str, Any], secret_name: str) -> None:
-            check_ephemeral_use(name, grant, secret_name, service_account, injected, at)
+            if secret_name in read:
+                check_ephemeral_use(name, grant, secret_name, service_account, injected, at)
+            check_delivery_containers(name, grant, secret_name, pod, added=added)
 
-        used = container_secret_refs(added_ephemeral_containers(pod, old_pod))
-        await self._audited(used, check, pod, namespace, dry_run, correlation_id)
+        used = read | mounted_secrets(pod, added)
+        allowed = await self._audited(used, check, pod, namespace, dry_run, correlation_id)
+        if dry_run or not allowed:
+            return
+        for name, grant in allowed.items():
+            users = ", ".join(map(repr, secret_users(pod, added, str(_delivered(grant)))))
+            await self._audit_pod(
+                EventType.POD_ADMITTED,
+                AuditEffect.PERMIT,
+                EPHEMERAL_ADMITTED,
+                namespace,
+                pod,
+                name,
+                grant,
+                correlation_id,
+                message=f"ephemeral container {users} uses its delivery Secret"[:512],
+            )
 
     async def _audited(
         self,
@@ -470,10 +501,11 @@ class PodAdmission:
         namespace: str,
         dry_run: bool,
         correlation_id: str | None,
-    ) -> None:
+    ) -> dict[str, dict[str, Any]]:
+        """The grants whose delivery Secret the pod may use; a refusal is audited, then raised."""
         grants: dict[str, dict[str, Any]] = {}
         try:
-            await self._check_delivery_uses(used, check, namespace, grants)
+            return await self._check_delivery_uses(used, check, namespace, grants)
         except AdmissionDenied as denied:
             if not dry_run:
                 await self._audit_denied(denied, namespace, pod, grants, correlation_id)
@@ -485,15 +517,17 @@ class PodAdmission:
         check: Callable[[str, Mapping[str, Any], str], None],
         namespace: str,
         grants: dict[str, dict[str, Any]],
-    ) -> None:
-        """``check`` each grant whose delivery Secret is one of the Secrets ``used``.
+    ) -> dict[str, dict[str, Any]]:
+        """``check`` each grant whose delivery Secret is one of the Secrets ``used``; the
+        grants that passed, by name.
 
         Delivery Secrets are found through the grants' status (the operator has no
         right to read Secrets back), and only for pods that use an ``sg-`` Secret.
         """
+        passed: dict[str, dict[str, Any]] = {}
         candidates = {n for n in used if n.startswith(DELIVERY_PREFIX)}
         if not candidates:
-            return
+            return passed
         for grant, secret_name in await self._delivering(namespace, candidates):
             name = str((grant.get("metadata") or {}).get("name"))
             grants[name] = grant
@@ -505,6 +539,8 @@ class PodAdmission:
                     continue
                 grants[name] = fresh
                 check(name, fresh, secret_name)
+            passed[name] = grants[name]
+        return passed
 
 
 def _check_mount(

@@ -82,6 +82,27 @@ def wait_phase(
     return eventually(check, timeout=timeout)
 
 
+def add_ephemeral(core: Any, ns: str, name: str, **container: Any) -> str | None:
+    """Add an ephemeral container to pod ``name`` (what ``kubectl debug`` does): None when
+    admitted, else the refusal's message."""
+    from kubernetes.client.exceptions import ApiException
+
+    body = core.api_client.sanitize_for_serialization(core.read_namespaced_pod(name, ns))
+    added = {"name": f"dbg-{uuid.uuid4().hex[:6]}", "image": "registry.invalid/dbg:1"}
+    body["spec"].setdefault("ephemeralContainers", []).append({**added, **container})
+    try:
+        core.replace_namespaced_pod_ephemeralcontainers(name, ns, body)
+    except ApiException as err:
+        assert err.status == 403, err.body
+        return str(json.loads(err.body)["message"])
+    return None
+
+
+def debugged(obj: dict[str, Any]) -> list[str]:
+    """The names of a pod's ephemeral containers, in the order they were added."""
+    return [c["name"] for c in obj["spec"].get("ephemeralContainers") or []]
+
+
 def secret_values(cluster: Cluster, ns: str, name: str) -> dict[str, str]:
     obj = get(cluster, "secret", name, ns)
     return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
@@ -408,8 +429,6 @@ def test_ephemeral_containers_read_only_their_pods_own_live_grants(
     cluster: Cluster, ready_namespace: str, operator: OperatorProcess, core: Any
 ) -> None:
     """``kubectl debug`` adds containers through pods/ephemeralcontainers, after admission."""
-    from kubernetes.client.exceptions import ApiException
-
     ns = ready_namespace
     secret = granted(cluster, ns)["status"]["delivery"]["secretName"]
     for body in (
@@ -425,16 +444,7 @@ def test_ephemeral_containers_read_only_their_pods_own_live_grants(
     by_env_from = {"envFrom": [{"secretRef": {"name": secret}}]}
 
     def debug(name: str, **container: Any) -> str | None:
-        """Add an ephemeral container to pod ``name``: None when admitted, else the refusal."""
-        body = core.api_client.sanitize_for_serialization(core.read_namespaced_pod(name, ns))
-        added = {"name": f"dbg-{uuid.uuid4().hex[:6]}", "image": "registry.invalid/dbg:1"}
-        body["spec"].setdefault("ephemeralContainers", []).append({**added, **container})
-        try:
-            core.replace_namespaced_pod_ephemeralcontainers(name, ns, body)
-        except ApiException as err:
-            assert err.status == 403, err.body
-            return str(json.loads(err.body)["message"])
-        return None
+        return add_ephemeral(core, ns, name, **container)
 
     refused = debug("intruder", **by_env)
     assert refused is not None and "bound to another ServiceAccount" in refused, refused
@@ -447,6 +457,11 @@ def test_ephemeral_containers_read_only_their_pods_own_live_grants(
     assert debug("web", **by_env) is None
     assert debug("web", **by_env_from) is None
     assert len(get(cluster, "pod", "web", ns)["spec"]["ephemeralContainers"]) == 3
+    admitted = [e for e in operator.audit_events() if e.get("type") == "pod_admitted"]
+    assert [e["message"] for e in admitted if e.get("reason") == "EphemeralContainerAdmitted"] == [
+        f"ephemeral container {n!r} uses its delivery Secret"
+        for n in debugged(get(cluster, "pod", "web", ns))
+    ]
     # A revoked grant (its ServiceAccount re-created) is no longer the pod's to read.
     cluster.kubectl("delete", "serviceaccount", "app", "-n", ns)
     cluster.kubectl("create", "serviceaccount", "app", "-n", ns)
@@ -461,3 +476,39 @@ def test_ephemeral_containers_read_only_their_pods_own_live_grants(
         ("web", "GrantNotGranted"),
     }
     assert SECRET_VALUE not in operator.log()
+
+
+def test_delivery_containers_keep_the_grant_from_the_pods_other_containers(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess, core: Any
+) -> None:
+    """A grant delivered to container ``app`` only: no other container, ephemeral ones
+    included, may mount the injected volume ``sg-db``."""
+    ns = ready_namespace
+    granted(cluster, ns, delivery={"containers": ["app"]})
+    body = pod("two")
+    sidecar = {"name": "sidecar", "image": "registry.invalid/sidecar:1"}
+    body["spec"]["containers"].append(
+        {**sidecar, "volumeMounts": [{"name": "sg-db", "mountPath": "/mnt/db"}]}
+    )
+    ok, err = create_pod(cluster, ns, body)
+    assert not ok and "(ContainerNotAllowed)" in err, err
+    assert "container 'sidecar' may not mount volume 'sg-db'" in err, err
+    assert "SecretGrantRequest 'db'" in err and "allows only container 'app'" in err, err
+
+    body["spec"]["containers"][1] = sidecar  # the same pod without the sidecar's mount
+    ok, err = create_pod(cluster, ns, body)
+    assert ok, err
+    created = get(cluster, "pod", "two", ns)["spec"]["containers"]
+    assert "sg-db" in [m["name"] for m in created[0]["volumeMounts"]]
+    assert "sg-db" not in [m["name"] for m in created[1].get("volumeMounts") or []]
+
+    refused = add_ephemeral(core, ns, "two", volumeMounts=[{"name": "sg-db", "mountPath": "/m"}])
+    assert refused is not None and "ephemeral container 'dbg-" in refused, refused
+    assert "may not mount volume 'sg-db'" in refused, refused
+    assert add_ephemeral(core, ns, "two") is None  # no use of the grant: allowed
+    denials = [
+        (e.get("pod"), e.get("grant_name"))
+        for e in operator.audit_events()
+        if (e.get("type"), e.get("reason")) == ("pod_denied", "ContainerNotAllowed")
+    ]
+    assert denials == [("two", "db"), ("two", "db")]

@@ -93,7 +93,12 @@ class DeliverySpec(KubeModel):
     containers: list[Annotated[str, Field(max_length=63, pattern=_DNS_LABEL)]] | None = Field(
         default=None,
         max_length=64,
-        description="Containers that get the mount; all containers when unset.",
+        description=(
+            "Containers that get the mount; all containers when unset. When set, no other "
+            "container of the pod (init and ephemeral containers included) may mount a volume "
+            "that carries the delivery Secret or read it through env or envFrom: the "
+            "validating webhook refuses such a pod (ContainerNotAllowed)."
+        ),
     )
     audience_token: bool = Field(
         default=False,

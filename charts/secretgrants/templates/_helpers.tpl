@@ -9,3 +9,6 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 app.kubernetes.io/name: secretgrants
 app.kubernetes.io/component: operator
 {{- end -}}
+{{- define "secretgrants.serviceAccountName" -}}
+secretgrants-operator
+{{- end -}}

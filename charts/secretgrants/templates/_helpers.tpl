@@ -12,3 +12,7 @@ app.kubernetes.io/component: operator
 {{- define "secretgrants.serviceAccountName" -}}
 secretgrants-operator
 {{- end -}}
+{{/* The username the apiserver gives the operator: the admission policies allow it alone. */}}
+{{- define "secretgrants.operatorUser" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "secretgrants.serviceAccountName" . }}
+{{- end -}}

@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +23,10 @@ import yaml
 
 from secretgrants.devenv.processes import binary
 from tests.conftest import REPO, SECRET_VALUE, Cluster, OperatorProcess
+from tests.e2e.conftest import OPERATOR_NS, OPERATOR_SA, OPERATOR_USER
 from tests.e2e.kube import apply, eventually, get, grant, tenant
 
-OPERATOR_NS = "secretgrants-system"
-OPERATOR_SA = "secretgrants-operator"
-AS = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
 OVERLAYS = sorted(p.parent for p in (REPO / "manifests" / "overlays").glob("*/kustomization.yaml"))
-
-
-@pytest.fixture(scope="module")
-def operator_rbac(cluster: Cluster, crds: None) -> Iterator[None]:
-    rendered = cluster.kubectl("kustomize", str(REPO / "manifests" / "base")).stdout
-    docs = [
-        d
-        for d in yaml.safe_load_all(rendered)
-        if d
-        and d["kind"]
-        in {
-            "Namespace",
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "Role",
-            "RoleBinding",
-        }
-    ]
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-    yield
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: str(p.relative_to(REPO)))
@@ -70,7 +47,9 @@ def test_every_overlay_is_accepted_by_the_apiserver(
 
 
 def can_i(cluster: Cluster, verb: str, resource: str, *args: str) -> bool:
-    out = cluster.kubectl("auth", "can-i", verb, resource, f"--as={AS}", *args, check=False)
+    out = cluster.kubectl(
+        "auth", "can-i", verb, resource, f"--as={OPERATOR_USER}", *args, check=False
+    )
     answer = out.stdout.strip()
     assert answer in {"yes", "no"}, f"kubectl auth can-i {verb} {resource}: {out.stderr}"
     return answer == "yes"

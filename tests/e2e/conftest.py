@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+import yaml
 
-from tests.conftest import Cluster
-from tests.e2e.kube import apply, tenant
+from tests.conftest import REPO, Cluster
+from tests.e2e.kube import apply, eventually, grant, tenant
+
+OPERATOR_NS = "secretgrants-system"
+OPERATOR_SA = "secretgrants-operator"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
+RBAC_KINDS = {
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+}
+POLICY_KINDS = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+
+
+def base_objects(cluster: Cluster, kinds: set[str]) -> list[dict[str, Any]]:
+    """The objects of these kinds that ``kubectl kustomize manifests/base`` renders."""
+    rendered = cluster.kubectl("kustomize", str(REPO / "manifests" / "base")).stdout
+    return [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in kinds]
 
 
 @pytest.fixture
@@ -21,3 +43,53 @@ def ready_namespace(cluster: Cluster, crds: None, namespace: str) -> Iterator[st
     cluster.kubectl("create", "serviceaccount", "other", "-n", namespace)
     yield namespace
     cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def operator_rbac(cluster: Cluster, crds: None) -> None:
+    """The base's namespace, ServiceAccount and RBAC, applied for real."""
+    docs = base_objects(cluster, RBAC_KINDS)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+
+
+@pytest.fixture
+def enforce_policies(
+    cluster: Cluster, operator_rbac: None, namespace: str
+) -> Iterator[Callable[[], None]]:
+    """``enforce()`` applies the base's ValidatingAdmissionPolicies and returns once the
+    apiserver enforces both in this test's namespace; they are deleted afterwards.
+
+    Their bindings are narrowed to this namespace: the operators of other tests run as the
+    admin user, whose status writes the shipped (cluster-wide) binding would refuse.
+    """
+    docs = base_objects(cluster, POLICY_KINDS)
+    assert sorted(d["kind"] for d in docs) == sorted([*POLICY_KINDS] * 2)
+    for doc in docs:
+        if doc["kind"] == "ValidatingAdmissionPolicyBinding":
+            assert "matchResources" not in doc["spec"], "the shipped binding is cluster-wide"
+            doc["spec"]["matchResources"] = {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+            }
+    probe = f"policy-probe-{uuid.uuid4().hex[:6]}"
+
+    def refused(args: list[str], policy: str) -> None:
+        out = cluster.kubectl(*args, "-n", namespace, "--dry-run=server", check=False)
+        assert out.returncode != 0 and f"denied request: {policy}:" in out.stderr, out.stderr
+
+    def enforce() -> None:
+        apply(cluster, grant(probe, namespace, "vault+kv2://secret/probe"))
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+        # The apiserver's policy informers take a moment: dry runs until both refuse.
+        status = json.dumps({"status": {"phase": "Granted"}})
+        status_patch = ["patch", "sgr", probe, "--subresource=status", "--type=merge", "-p", status]
+        eventually(lambda: refused(status_patch, "secretgrants-grant-status"), timeout=30)
+        opaque = ["create", "secret", "generic", probe, f"--as={OPERATOR_USER}"]
+        eventually(lambda: refused(opaque, "secretgrants-operator-writes"), timeout=30)
+        cluster.kubectl("delete", "sgr", probe, "-n", namespace, "--wait=false")
+
+    yield enforce
+    for doc in docs:
+        cluster.kubectl(
+            "delete", doc["kind"].lower(), doc["metadata"]["name"], "--ignore-not-found",
+            check=False,
+        )  # fmt: skip

@@ -4,8 +4,9 @@ What goes in: ``kubectl kustomize`` of every overlay, applied with
 ``--dry-run=server``; then the base's namespace, ServiceAccount and RBAC
 applied for real, and the operator started with a kubeconfig holding that
 ServiceAccount's token. It must do its whole job (grant, delivery Secret,
-webhook, pod admission) with those rights, and ``kubectl auth can-i`` shows
-they are no broader than the code needs.
+webhook, pod admission, revocation) with those rights and under the base's
+admission policies, and ``kubectl auth can-i`` shows they are no broader than
+the code needs. The helm chart renders the same objects for its release.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +24,16 @@ import yaml
 
 from secretgrants.devenv.processes import binary
 from tests.conftest import REPO, SECRET_VALUE, Cluster, OperatorProcess
+from tests.e2e.conftest import (
+    OPERATOR_NS,
+    OPERATOR_SA,
+    OPERATOR_USER,
+    POLICY_KINDS,
+    base_objects,
+)
 from tests.e2e.kube import apply, eventually, get, grant, tenant
 
-OPERATOR_NS = "secretgrants-system"
-OPERATOR_SA = "secretgrants-operator"
-AS = f"system:serviceaccount:{OPERATOR_NS}:{OPERATOR_SA}"
 OVERLAYS = sorted(p.parent for p in (REPO / "manifests" / "overlays").glob("*/kustomization.yaml"))
-
-
-@pytest.fixture(scope="module")
-def operator_rbac(cluster: Cluster, crds: None) -> Iterator[None]:
-    rendered = cluster.kubectl("kustomize", str(REPO / "manifests" / "base")).stdout
-    docs = [
-        d
-        for d in yaml.safe_load_all(rendered)
-        if d
-        and d["kind"]
-        in {
-            "Namespace",
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "Role",
-            "RoleBinding",
-        }
-    ]
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-    yield
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: str(p.relative_to(REPO)))
@@ -70,7 +54,9 @@ def test_every_overlay_is_accepted_by_the_apiserver(
 
 
 def can_i(cluster: Cluster, verb: str, resource: str, *args: str) -> bool:
-    out = cluster.kubectl("auth", "can-i", verb, resource, f"--as={AS}", *args, check=False)
+    out = cluster.kubectl(
+        "auth", "can-i", verb, resource, f"--as={OPERATOR_USER}", *args, check=False
+    )
     answer = out.stdout.strip()
     assert answer in {"yes", "no"}, f"kubectl auth can-i {verb} {resource}: {out.stderr}"
     return answer == "yes"
@@ -161,12 +147,15 @@ def test_the_operator_does_its_job_with_only_its_rbac(
     cluster: Cluster,
     namespace: str,
     operator_kubeconfig: Path,
+    enforce_policies: Callable[[], None],
     start_operator_for: Callable[..., OperatorProcess],
 ) -> None:
+    """... and under the admission policies that bound what it writes (status, Secrets)."""
     ns = namespace
     name = f"t-{uuid.uuid4().hex[:8]}"
     apply(cluster, tenant(name, "e2e", ["vault+kv2://secret"], namespaces=[ns]))
     cluster.kubectl("create", "serviceaccount", "app", "-n", ns)
+    enforce_policies()
     try:
         op = start_operator_for(KUBECONFIG=str(operator_kubeconfig))
         apply(cluster, grant("db", ns, "vault+kv2://secret/e2e/db#password"))
@@ -201,6 +190,19 @@ def test_the_operator_does_its_job_with_only_its_rbac(
         plugin_login = "runs an 'exec' credential plugin: logging in through the kubernetes"
         user = yaml.safe_load(operator_kubeconfig.read_text())["users"][0]["user"]
         assert (plugin_login in log) == ("exec" in user), log[-3000:]
+
+        # A deleted grant is blanked first (a Secret patch), then let go (its finalizer).
+        cluster.kubectl("delete", "sgr", "db", "-n", ns, "--wait=false")
+
+        def gone() -> None:
+            found = cluster.kubectl(
+                "get", "sgr", "db", "-n", ns, "--ignore-not-found", "-o", "name"
+            )
+            assert not found.stdout.strip(), "the grant is still there"
+
+        eventually(gone, timeout=30)
+        log = op.log()
+        assert "Forbidden" not in log and " 403" not in log, log[-3000:]
     finally:
         cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)
 
@@ -258,18 +260,56 @@ def test_helm_chart_lints_renders_and_is_accepted(cluster: Cluster, operator_rba
         assert chart_crd.read_text() == (REPO / "crds" / crd).read_text(), f"{crd}: run make crds"
 
 
+def _rendered(*values: str, namespace: str = "default") -> list[dict[str, Any]]:
+    """What ``helm template`` renders with ``values`` for a release in ``namespace``."""
+    sets = [arg for value in values for arg in ("--set", value)]
+    chart = str(REPO / "charts" / "secretgrants")
+    rendered = _helm("template", "sg", chart, "-n", namespace, "--kube-version", "1.36.0", *sets)
+    assert rendered.returncode == 0, rendered.stderr
+    return [d for d in yaml.safe_load_all(rendered.stdout) if d]
+
+
 def _rendered_pod(*values: str) -> dict[str, Any]:
     """The operator Deployment's pod spec that ``helm template`` renders with ``values``."""
-    sets = [arg for value in values for arg in ("--set", value)]
-    rendered = _helm(
-        "template", "sg", str(REPO / "charts" / "secretgrants"), "--kube-version", "1.36.0", *sets
-    )
-    assert rendered.returncode == 0, rendered.stderr
-    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
-    pod: dict[str, Any] = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"][
-        "spec"
-    ]
+    deployment = next(d for d in _rendered(*values) if d["kind"] == "Deployment")
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
     return pod
+
+
+def test_helm_chart_renders_the_base_admission_policies_for_its_release(
+    cluster: Cluster,
+) -> None:
+    """The chart's policies are the base's, naming the operator's ServiceAccount in the
+    release's namespace; in both, that is the ServiceAccount the operator runs as."""
+    chart = _rendered(namespace="ops")
+    base = base_objects(cluster, POLICY_KINDS | {"ServiceAccount", "Deployment"})
+    for docs, namespace in ((base, OPERATOR_NS), (chart, "ops")):
+        account = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+        deployment = next(d for d in docs if d["kind"] == "Deployment")
+        assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account
+        user = f"system:serviceaccount:{namespace}:{account}"
+        policies = {
+            d["metadata"]["name"]: d["spec"]
+            for d in docs
+            if d["kind"] == "ValidatingAdmissionPolicy"
+        }
+        status = policies["secretgrants-grant-status"]
+        writes = policies["secretgrants-operator-writes"]
+        assert status["variables"][0] == {"name": "operator", "expression": f"'{user}'"}
+        assert writes["matchConditions"][0]["expression"] == (
+            f"request.userInfo.username == '{user}'"
+        )
+    chart_user = f"system:serviceaccount:ops:{OPERATOR_SA}"
+
+    def specs(docs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            f"{d['kind']}/{d['metadata']['name']}": d["spec"]
+            for d in docs
+            if d["kind"] in POLICY_KINDS
+        }
+
+    expected = json.loads(json.dumps(specs(base)).replace(OPERATOR_USER, chart_user))
+    assert specs(chart) == expected
 
 
 def test_helm_kafka_tls_and_sasl_password_from_a_secret() -> None:

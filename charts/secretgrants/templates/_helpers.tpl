@@ -9,3 +9,10 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 app.kubernetes.io/name: secretgrants
 app.kubernetes.io/component: operator
 {{- end -}}
+{{- define "secretgrants.serviceAccountName" -}}
+secretgrants-operator
+{{- end -}}
+{{/* The username the apiserver gives the operator: the admission policies allow it alone. */}}
+{{- define "secretgrants.operatorUser" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "secretgrants.serviceAccountName" . }}
+{{- end -}}

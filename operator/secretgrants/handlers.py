@@ -40,7 +40,6 @@ from secretgrants.grants import (
     check_request,
     failure_status,
     parse_conditions,
-    revoked_status,
     settled,
 )
 from secretgrants.heap import HeapTrimmer
@@ -51,6 +50,7 @@ from secretgrants.lifecycle import (
     audit_fields,
     end_grant,
     renew_now,
+    revoking,
     secret_of,
 )
 from secretgrants.lifecycle import subject as _subject
@@ -62,6 +62,7 @@ from secretgrants.reconcile import audit, authorize_and_deliver, withdraw_delive
 from secretgrants.restarts import RestartLimiter
 from secretgrants.salts import SaltResolver
 from secretgrants.secrets_api import IndexTenants, SecretsAPI, settings_options
+from secretgrants.serial import RENEWABLE_PHASES, GrantLocks
 from secretgrants.settings import Settings
 from secretgrants.tenancy import Tenant, TenantSource, env_tenant
 from secretgrants.webhook import PodAdmission, WebhookServer, serving_cert
@@ -184,7 +185,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         "tenant_sources": kwargs["tenant_sources"],
         "service_accounts": kwargs["service_accounts"],
     }
-    memo.renew_locks = {}
+    memo.grant_locks = GrantLocks()  # every writer of a grant's decision state takes its lock
     memo.admission = PodAdmission(
         memo.front,
         audience=cfg.secrets_audience,
@@ -352,12 +353,9 @@ async def reconcile_grant(
     retry: int,
     **kwargs: Any,
 ) -> None:
-    namespace_labels: kopf.Index[str, dict[str, str]] = kwargs["namespace_labels"]
-    tenant_sources: kopf.Index[str, TenantSource] = kwargs["tenant_sources"]
     namespace, name = namespace or "", name or ""
     generation = meta.get("generation")
-    current = dict(status)
-    if kwargs.get("reason") in ("resume", "create") and settled(current, generation):
+    if kwargs.get("reason") in ("resume", "create") and settled(dict(status), generation):
         # Decided for this generation before a restart: nothing to redo, no use reset. A
         # "create" of a decided grant is one whose kopf bookkeeping kopf cannot find (an
         # operator that kept it in annotations before); deciding again would reset its uses.
@@ -368,48 +366,93 @@ async def reconcile_grant(
         grant_name=name,
         trigger=str(kwargs.get("reason", "unknown")),
     ) as grant_span:
-        labels = next(iter(namespace_labels.get(namespace, [])), {})
-        fallback: Tenant | None = memo.fallback
-        try:
-            with tracing.span(tracing.SPAN_GUARD, grant_namespace=namespace, grant_name=name):
-                parsed = SecretGrantRequestSpec.model_validate(dict(spec))
-                outcome = check_request(
-                    parsed, namespace, labels, list(tenant_sources.get("all", [])), fallback
-                )
-        except SecretGrantsError as err:
-            await withdraw_delivery(memo, namespace, name, current)
-            failed = failure_status(err, generation=generation, status=current)
-            patch.status.update(failed)
-            grant_span.set(phase=failed.get("phase"), reason=err.reason.value)
-            await audit(
-                memo,
-                EventType.GUARD_REJECTED,
-                AuditEffect.DENY,
-                err.reason.value,
-                grant_namespace=namespace,
-                grant_name=name,
-                grant_uid=uid,
-                subject=_subject(namespace, spec.get("serviceAccountName")),
-                purpose=spec.get("purpose"),
+        async with memo.grant_locks.hold(namespace, name):  # one writer at a time (``serial``)
+            current = await _status_under_lock(memo, namespace, name, dict(status))
+            if current is None:
+                return  # gone meanwhile
+            decided, retry_reason = await _decide(
+                memo, grant_span, spec, namespace, name, uid or "", generation, current, kwargs
             )
-            return
-        grant_span.set(purpose=parsed.purpose.value, tenant=outcome.tenant.tenant_id)
-        result = await authorize_and_deliver(
+            if current.get("phase") in RENEWABLE_PHASES:
+                # Other writers act on the grant as soon as the lock is free: the decision
+                # is written before that, not by kopf after this handler returns.
+                await memo.kube.patch_grant_status(namespace, name, decided)
+            else:
+                patch.status.update(decided)  # kopf writes it with its bookkeeping: one write
+        if retry_reason:
+            raise kopf.TemporaryError(retry_reason, delay=backoff(retry))
+
+
+async def _status_under_lock(
+    memo: kopf.Memo, namespace: str, name: str, status: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The status to decide on, with the grant's lock held; None when the grant is gone.
+
+    kopf's copy, unless the grant is in a phase that other writers act on (renewal,
+    expiry, revocation: ``serial.RENEWABLE_PHASES``): then what they left, read again.
+    Only the spec handler moves a grant into those phases, and kopf runs it one at a
+    time per grant, so kopf's copy of a grant in any other phase is current.
+    """
+    if status.get("phase") not in RENEWABLE_PHASES:
+        return status
+    fresh = await memo.kube.read_grant(namespace, name)
+    return None if fresh is None else dict(fresh.get("status") or {})
+
+
+async def _decide(
+    memo: kopf.Memo,
+    grant_span: tracing.Span,
+    spec: kopf.Spec,
+    namespace: str,
+    name: str,
+    uid: str,
+    generation: int | None,
+    current: dict[str, Any],
+    kwargs: dict[str, Any],
+) -> tuple[dict[str, Any], str | None]:
+    """The tenant guard, then the PDP decision and delivery: the status to write, and
+    why to try again (or None). A live grant's Secret is emptied when it is not permitted."""
+    namespace_labels: kopf.Index[str, dict[str, str]] = kwargs["namespace_labels"]
+    tenant_sources: kopf.Index[str, TenantSource] = kwargs["tenant_sources"]
+    labels = next(iter(namespace_labels.get(namespace, [])), {})
+    fallback: Tenant | None = memo.fallback
+    try:
+        with tracing.span(tracing.SPAN_GUARD, grant_namespace=namespace, grant_name=name):
+            parsed = SecretGrantRequestSpec.model_validate(dict(spec))
+            outcome = check_request(
+                parsed, namespace, labels, list(tenant_sources.get("all", [])), fallback
+            )
+    except SecretGrantsError as err:
+        await withdraw_delivery(memo, namespace, name, current)
+        failed = failure_status(err, generation=generation, status=current)
+        grant_span.set(phase=failed.get("phase"), reason=err.reason.value)
+        await audit(
             memo,
-            parsed,
-            outcome,
-            namespace=namespace,
-            name=name,
-            uid=uid or "",
-            generation=generation,
-            status=current,
+            EventType.GUARD_REJECTED,
+            AuditEffect.DENY,
+            err.reason.value,
+            grant_namespace=namespace,
+            grant_name=name,
+            grant_uid=uid,
+            subject=_subject(namespace, spec.get("serviceAccountName")),
+            purpose=spec.get("purpose"),
         )
-        if not result.permitted:
-            await withdraw_delivery(memo, namespace, name, current)
-        patch.status.update(result.status)
-        grant_span.set(phase=result.status.get("phase"))
-        if result.retry_reason:
-            raise kopf.TemporaryError(result.retry_reason, delay=backoff(retry))
+        return failed, None
+    grant_span.set(purpose=parsed.purpose.value, tenant=outcome.tenant.tenant_id)
+    result = await authorize_and_deliver(
+        memo,
+        parsed,
+        outcome,
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        generation=generation,
+        status=current,
+    )
+    if not result.permitted:
+        await withdraw_delivery(memo, namespace, name, current)
+    grant_span.set(phase=result.status.get("phase"))
+    return result.status, result.retry_reason
 
 
 @kopf.on.event(*GRANTS)
@@ -477,22 +520,25 @@ async def revoke_on_delete(
     was granted is still blanked first.
     """
     namespace, name = namespace or "", name or ""
-    if status.get("phase") not in LIVE_PHASES:
-        return  # nothing was delivered, or it was already taken back
-    with tracing.span(
-        tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger="revoke"
-    ):
-        await memo.kube.blank_secret(
-            namespace, secret_of(name, dict(status)), {ANNOTATION_STATE: "revoked"}
-        )
-        memo.metrics.revocations.labels("Deleted").inc()
-        await audit(
-            memo,
-            EventType.REVOKED,
-            AuditEffect.DENY,
-            "Deleted",
-            **audit_fields(namespace, name, dict(status), dict(spec)),
-        )
+    async with memo.grant_locks.hold(namespace, name):  # after a renewal in flight, not amid it
+        current = await _status_under_lock(memo, namespace, name, dict(status))
+        current = dict(status) if current is None else current
+        if current.get("phase") not in LIVE_PHASES:
+            return  # nothing was delivered, or it was already taken back
+        with tracing.span(
+            tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger="revoke"
+        ):
+            await memo.kube.blank_secret(
+                namespace, secret_of(name, current), {ANNOTATION_STATE: "revoked"}
+            )
+            memo.metrics.revocations.labels("Deleted").inc()
+            await audit(
+                memo,
+                EventType.REVOKED,
+                AuditEffect.DENY,
+                "Deleted",
+                **audit_fields(namespace, name, current, dict(spec)),
+            )
     log.info("grant %s/%s deleted; its delivery Secret was emptied", namespace, name)
 
 
@@ -502,25 +548,26 @@ async def service_account_gone(
     type: str, name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
     """Revoke the live grants bound to a ServiceAccount that was deleted."""
-    if type != "DELETED" or not namespace:
+    if type != "DELETED" or not namespace or not name:
         return
-    for grant in await memo.kube.list_grants(namespace):
-        status = grant.get("status") or {}
-        if status.get("phase") not in LIVE_PHASES:
+    message = f"ServiceAccount {name!r} was deleted; the grant is revoked"
+    for listed in await memo.kube.list_grants(namespace):
+        if not _live_and_bound_to(listed, name):
             continue
-        if (status.get("binding") or {}).get("serviceAccountName") != name:
-            continue
-        generation = (grant.get("metadata") or {}).get("generation")
-        message = f"ServiceAccount {name!r} was deleted; the grant is revoked"
-        await end_grant(
-            memo,
-            namespace,
-            grant["metadata"]["name"],
-            status,
-            revoked_status(message, generation=generation, status=status),
-            "ServiceAccountChanged",
-            spec=grant.get("spec"),
-        )
+        grant_name = listed["metadata"]["name"]
+        async with memo.grant_locks.hold(namespace, grant_name):
+            grant = await memo.kube.read_grant(namespace, grant_name)  # as the last writer left it
+            if grant is None or not _live_and_bound_to(grant, name):
+                continue
+            await end_grant(
+                memo, namespace, grant_name, grant, revoking(message), "ServiceAccountChanged"
+            )
+
+
+def _live_and_bound_to(grant: dict[str, Any], service_account: str) -> bool:
+    status = grant.get("status") or {}
+    bound = (status.get("binding") or {}).get("serviceAccountName")
+    return status.get("phase") in LIVE_PHASES and bound == service_account
 
 
 @kopf.on.resume(*TENANTS)

@@ -2,21 +2,21 @@
 
 ``Tending`` keeps what the scheduler needs of each live grant in memory (its
 ServiceAccount binding and the few spec fields the tenant guard reads), turns watch
-events into deadlines (``grants.next_deadline``), and, when a grant is due, reads it
-fresh and acts: a broken binding or a failing guard revokes, a passed ``expiresAt``
-expires, a due renewal asks the PDP again. Every action is safe to re-run: a Secret
-is blanked before the status says so, and a grant that is no longer live is left alone.
+events into deadlines (``grants.next_deadline``), and, when a grant is due, takes its
+lock (``serial``), reads it fresh and acts: a broken binding or a failing guard revokes,
+a passed ``expiresAt`` expires, a due renewal asks the PDP again. Every action is safe
+to re-run: a Secret is blanked before the status says so, the status is written by
+compare-and-swap, and a grant that is no longer live is left alone.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import kopf
 
@@ -45,22 +45,47 @@ from secretgrants.reasons import Phase
 from secretgrants.restarts import RestartLimiter, restart_patch
 from secretgrants.schedule import Key
 from secretgrants.scheduler import Scheduler
+from secretgrants.serial import RENEWABLE_PHASES, merge_patch, must_blank, renewal_blocked
 from secretgrants.uses import settle
 
-__all__ = ["Outcome", "Tending", "audit_fields", "end_grant", "renew_now", "secret_of", "subject"]
+__all__ = [
+    "DeliverIf",
+    "Ending",
+    "Outcome",
+    "Tending",
+    "audit_fields",
+    "end_grant",
+    "expiring",
+    "renew_now",
+    "replace_status",
+    "revoking",
+    "secret_of",
+    "subject",
+]
 
 log = logging.getLogger("secretgrants")
 
 RENEWED_LOOK_AGAIN_SECONDS = 1.0  # after a renewal, read the grant again this soon
+MAX_WRITE_ATTEMPTS = 10  # compare-and-swap attempts of one status write
+
+# Asked just before a value is written to the delivery Secret: False gives the pass up.
+DeliverIf = Callable[[], Awaitable[bool]]
+# The status an ending writes, from the grant it ends (read fresh for every attempt).
+Ending = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 @dataclass
 class Outcome:
-    """What one authorize-and-deliver pass wants written, and whether to try again."""
+    """What one authorize-and-deliver pass wants written, and whether to try again.
+
+    ``superseded``: ``deliver_if`` said no (the grant changed meanwhile); nothing was
+    delivered and nothing is to be written.
+    """
 
     status: dict[str, Any]
     retry_reason: str | None = None
     permitted: bool = False
+    superseded: bool = False
 
 
 class Authorize(Protocol):
@@ -77,6 +102,7 @@ class Authorize(Protocol):
         uid: str,
         generation: int | None,
         status: dict[str, Any],
+        deliver_if: DeliverIf | None = None,
     ) -> Outcome: ...
 
 
@@ -235,40 +261,37 @@ class Tending:
 
     async def _tend(self, key: Key) -> float | None:
         namespace, name = key
+        async with self._memo.grant_locks.hold(namespace, name):  # one writer at a time
+            raw = await self._memo.kube.read_grant(namespace, name)
+            if raw is None:
+                return None
+            return await self._act(key, raw)
+
+    async def _act(self, key: Key, raw: dict[str, Any]) -> float | None:
+        """What is due for the grant ``raw`` (read under its lock), done."""
+        namespace, name = key
         memo = self._memo
-        raw = await memo.kube.read_grant(namespace, name)
-        if raw is None:
-            return None
-        body = kopf.Body(raw)
+        body = _body(raw)
         status = dict(raw.get("status") or {})
         if status.get("phase") not in LIVE_PHASES:
             return None
-        generation = (raw.get("metadata") or {}).get("generation")
         binding = status.get("binding") or {}
         broken = self._binding_broken(
             namespace,
             Tended(binding.get("serviceAccountName"), binding.get("serviceAccountUID"), None),
         )
         if broken:
-            ending = revoked_status(broken, generation=generation, status=status)
-            await end_grant(
-                memo, namespace, name, status, ending, "ServiceAccountChanged", raw.get("spec")
-            )
+            await end_grant(memo, namespace, name, raw, revoking(broken), "ServiceAccountChanged")
             return None
         guard_error = _guard_error(memo, body, namespace, self._indexes)
         if guard_error is not None:  # a SecretTenant changed under a live grant
-            ending = revoked_status(
-                f"the tenant guard no longer allows this grant: {guard_error}",
-                generation=generation,
-                status=status,
-            )
-            await end_grant(memo, namespace, name, status, ending, "TenantGuard", raw.get("spec"))
+            message = f"the tenant guard no longer allows this grant: {guard_error}"
+            await end_grant(memo, namespace, name, raw, revoking(message), "TenantGuard")
             return None
         current = now()
         at = expires_at(status)
         if at is not None and at <= current:
-            ending = expired_status(generation=generation, status=status)
-            await end_grant(memo, namespace, name, status, ending, "Expired", raw.get("spec"))
+            await end_grant(memo, namespace, name, raw, expiring, "Expired")
             return None
         spec = dict(raw.get("spec") or {})
         if status.get("reservations"):
@@ -279,12 +302,7 @@ class Tending:
                 await settle_uses(memo, namespace, name)  # a change comes back by the watch
         given_up = self._given_up.get(key)
         if renewal_due(spec, status, now=current, given_up_for=given_up):
-            uid = str((raw.get("metadata") or {}).get("uid") or "")
-            locks: dict[Key, asyncio.Lock] = memo.setdefault("renew_locks", {})  # with admission
-            async with locks.setdefault(key, asyncio.Lock()):
-                renewed = await _renew(
-                    memo, body, namespace, name, uid, self._indexes, self._authorize
-                )
+            renewed = await _renew(memo, raw, self._indexes, self._authorize, phases=LIVE_PHASES)
             if renewed:
                 return time.time() + RENEWED_LOOK_AGAIN_SECONDS  # the watch brings the rest
             given_up = self._given_up[key] = str(status.get("expiresAt"))
@@ -305,6 +323,11 @@ class Tending:
                 "the grant is revoked"
             )
         return None
+
+
+def _body(grant: dict[str, Any]) -> kopf.Body:
+    """The grant as kopf sees it (for its Events)."""
+    return kopf.Body(cast(kopf.RawBody, grant))
 
 
 def _target(spec: Mapping[str, Any]) -> Target | None:
@@ -351,25 +374,82 @@ def audit_fields(
     }
 
 
+def _generation(grant: Mapping[str, Any]) -> int | None:
+    generation = (grant.get("metadata") or {}).get("generation")
+    return int(generation) if generation is not None else None
+
+
+def expiring(grant: Mapping[str, Any]) -> dict[str, Any]:
+    """The ending of a grant whose TTL ran out."""
+    return expired_status(generation=_generation(grant), status=grant.get("status"))
+
+
+def revoking(message: str) -> Ending:
+    """The ending of a grant revoked for ``message``."""
+
+    def ending(grant: Mapping[str, Any]) -> dict[str, Any]:
+        return revoked_status(message, generation=_generation(grant), status=grant.get("status"))
+
+    return ending
+
+
+async def replace_status(
+    memo: kopf.Memo,
+    namespace: str,
+    grant: dict[str, Any],
+    patch: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    *,
+    still: Callable[[dict[str, Any]], bool],
+) -> bool:
+    """Write ``patch(grant)`` onto the grant's status at the resourceVersion it was read at.
+
+    On a conflict (another write since the read) the grant is read again: while
+    ``still(fresh)`` holds, the patch is written onto the fresh status; once it does
+    not, or the grant is gone, nothing is written (False). Never a blind overwrite.
+    """
+    name = str((grant.get("metadata") or {}).get("name") or "")
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        status = merge_patch(grant.get("status") or {}, patch(grant))
+        if await memo.kube.replace_grant_status(namespace, {**grant, "status": status}) is not None:
+            return True
+        fresh = await memo.kube.read_grant(namespace, name)
+        if fresh is None or not still(fresh):
+            return False
+        grant = fresh
+    raise RuntimeError(
+        f"could not write the status of grant {namespace}/{name}: too many conflicts"
+    )
+
+
 async def end_grant(
     memo: kopf.Memo,
     namespace: str,
     name: str,
-    status: dict[str, Any],
-    ending: dict[str, Any],
+    grant: dict[str, Any],
+    ending: Ending,
     cause: str,
-    spec: Mapping[str, Any] | None = None,
-) -> None:
+) -> bool:
     """Blank the delivery Secret first (kubelets keep a deleted Secret's last content), then
-    record the ending, then write the ending status (a re-run records it again)."""
-    trigger = "expire" if ending["phase"] == Phase.EXPIRED.value else "revoke"
+    record the ending, then write the ending status (a re-run records it again).
+
+    The caller holds the grant's lock (``serial.GrantLocks``) and read ``grant`` under
+    it. The status is written by compare-and-swap: after a conflicting write (a use
+    counted, a spec edit) a grant still live gets the ending on its fresh status, and
+    one no longer live is left as it is (its Secret is blank either way). True when
+    the ending was written.
+    """
+    status = dict(grant.get("status") or {})
+    phase = str(ending(grant)["phase"])
+    expired = phase == Phase.EXPIRED.value
     with tracing.span(
-        tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger=trigger
+        tracing.SPAN_GRANT,
+        grant_namespace=namespace,
+        grant_name=name,
+        trigger="expire" if expired else "revoke",
     ):
-        state = str(ending["phase"]).lower()
+        state = phase.lower()
         await memo.kube.blank_secret(namespace, secret_of(name, status), {ANNOTATION_STATE: state})
         metrics: Metrics = memo.metrics
-        expired = ending["phase"] == Phase.EXPIRED.value
         if expired:
             metrics.expirations.inc()
         else:
@@ -378,10 +458,17 @@ async def end_grant(
             type=EventType.EXPIRED if expired else EventType.REVOKED,
             effect=AuditEffect.DENY,
             reason=cause,
-            **audit_fields(namespace, name, status, spec),
+            **audit_fields(namespace, name, status, grant.get("spec")),
         )
         log.info("grant %s/%s is %s; its delivery Secret was emptied", namespace, name, state)
-        await memo.kube.patch_grant_status(namespace, name, ending)
+        return await replace_status(
+            memo, namespace, grant, ending, still=lambda g: _phase(g) in LIVE_PHASES
+        )
+
+
+def _phase(grant: Mapping[str, Any]) -> str | None:
+    phase = (grant.get("status") or {}).get("phase")
+    return str(phase) if phase is not None else None
 
 
 def _guard_error(
@@ -401,16 +488,31 @@ def _guard_error(
 
 async def _renew(
     memo: kopf.Memo,
-    body: kopf.Body,
-    namespace: str,
-    name: str,
-    uid: str,
+    grant: dict[str, Any],
     indexes: Mapping[str, Any],
     authorize: Authorize,
+    *,
+    phases: frozenset[str],
 ) -> bool:
-    """Ask the PDP again and deliver the current value; True when the grant was renewed."""
-    status = dict(body.get("status") or {})
-    generation = (body.get("metadata") or {}).get("generation")
+    """Ask the PDP again and deliver the current value; True when the grant was renewed.
+
+    The caller holds the grant's lock and read ``grant`` under it. The new value is
+    delivered, and the status written (by compare-and-swap), only while the grant is
+    still in one of ``phases`` at the spec generation this renewal decided on
+    (``serial.renewal_blocked``): a spec edited meanwhile is the spec handler's to
+    decide, and the renewal gives up. A value delivered for a grant that then turns out
+    not to be live is taken back (``_blank_if_left_behind``).
+    """
+    meta = grant.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    uid = str(meta.get("uid") or "")
+    body = _body(grant)
+    status = dict(grant.get("status") or {})
+    generation = meta.get("generation")
+    blocked = renewal_blocked(grant, generation=generation, phases=phases)
+    if blocked is not None:
+        log.info("grant %s/%s is not renewed: %s", namespace, name, blocked)
+        return False
     labels: dict[str, str] = next(iter(indexes["namespace_labels"].get(namespace, [])), {})
     try:
         parsed = SecretGrantRequestSpec.model_validate(dict(body.get("spec") or {}))
@@ -420,6 +522,22 @@ async def _renew(
     except SecretGrantsError as err:
         kopf.warn(body, reason="RenewalRefused", message=err.message)
         return False
+    latest = grant  # the grant as last read: the status write starts from it
+    delivered = False
+
+    async def deliver_if() -> bool:
+        nonlocal latest, delivered
+        fresh = await memo.kube.read_grant(namespace, name)
+        why = renewal_blocked(fresh, generation=generation, phases=phases)
+        if fresh is None or why is not None:
+            log.info("the renewal of grant %s/%s gave up: %s", namespace, name, why)
+            return False
+        latest, delivered = fresh, True
+        return True
+
+    def still(fresh: dict[str, Any]) -> bool:
+        return renewal_blocked(fresh, generation=generation, phases=phases) is None
+
     with tracing.span(
         tracing.SPAN_GRANT,
         grant_namespace=namespace,
@@ -428,25 +546,40 @@ async def _renew(
         purpose=parsed.purpose.value,
         tenant=outcome.tenant.tenant_id,
     ) as grant_span:
-        result = await authorize(
-            memo,
-            parsed,
-            outcome,
-            namespace=namespace,
-            name=name,
-            uid=uid,
-            generation=generation,
-            status=status,
-        )
-        grant_span.set(phase=result.status.get("phase"))
-        if not result.permitted:
-            kopf.warn(
-                body,
-                reason="RenewalDenied",
-                message="renewal was not permitted; the grant expires at its expiresAt",
+        try:
+            result = await authorize(
+                memo,
+                parsed,
+                outcome,
+                namespace=namespace,
+                name=name,
+                uid=uid,
+                generation=generation,
+                status=status,
+                deliver_if=deliver_if,
             )
+            grant_span.set(phase=result.status.get("phase"))
+            if result.superseded:
+                return False
+            if not result.permitted:
+                kopf.warn(
+                    body,
+                    reason="RenewalDenied",
+                    message="renewal was not permitted; the grant expires at its expiresAt",
+                )
+                return False
+            written = await replace_status(
+                memo, namespace, latest, lambda _: result.status, still=still
+            )
+        except Exception:
+            if delivered:
+                await _blank_if_left_behind(memo, namespace, name, status)
+            raise
+        if not written:
+            log.info("the renewal of grant %s/%s gave up: the grant changed", namespace, name)
+            if delivered:
+                await _blank_if_left_behind(memo, namespace, name, status)
             return False
-        await memo.kube.patch_grant_status(namespace, name, result.status)
         kopf.info(body, reason="Renewed", message="the PDP permitted a renewal; value re-delivered")
         log.info("grant %s/%s renewed", namespace, name)
         memo.metrics.renewals.inc()
@@ -460,6 +593,28 @@ async def _renew(
     if parsed.renewal and parsed.renewal.restart_workloads:
         await _restart_workloads(memo, body, namespace, parsed.renewal.restart_workloads)
     return True
+
+
+async def _blank_if_left_behind(
+    memo: kopf.Memo, namespace: str, name: str, status: Mapping[str, Any]
+) -> None:
+    """A renewal delivered a value but wrote no status: empty the Secret unless the grant
+    is still live. When the grant cannot be read, a grant renewed from a phase that is
+    not live (Expired) is taken to be in it still: its status write made it live."""
+    try:
+        blank = must_blank(await memo.kube.read_grant(namespace, name))
+    except Exception:
+        blank = status.get("phase") not in LIVE_PHASES
+    if not blank:
+        return
+    try:
+        await memo.kube.blank_secret(
+            namespace, secret_of(name, status), {ANNOTATION_STATE: "withdrawn"}
+        )
+    except Exception:  # the caller's own error (if any) is the one raised
+        log.exception("the delivery Secret of grant %s/%s could not be emptied", namespace, name)
+    else:
+        log.info("grant %s/%s: the value a renewal delivered was taken back", namespace, name)
 
 
 async def _restart_workloads(
@@ -483,13 +638,13 @@ async def _restart_workloads(
 
 
 async def renew_now(memo: kopf.Memo, namespace: str, name: str, authorize: Authorize) -> bool:
-    """Renew at the point of use (pod admission): one renewal per grant at a time.
+    """Renew at the point of use (pod admission), as one of the grant's writers.
 
-    Re-reads the grant under the lock, so a renewal that another admission (or the
-    scheduler) finished meanwhile is reused instead of asking the PDP twice.
+    Re-reads the grant under its lock, so a renewal that another admission (or the
+    scheduler) finished meanwhile is reused instead of asking the PDP twice, and a grant
+    revoked or decided again meanwhile is not renewed. An Expired grant is renewed too.
     """
-    locks: dict[tuple[str, str], asyncio.Lock] = memo.setdefault("renew_locks", {})
-    async with locks.setdefault((namespace, name), asyncio.Lock()):
+    async with memo.grant_locks.hold(namespace, name):
         grant = await memo.kube.read_grant(namespace, name)
         if grant is None:
             return False
@@ -504,12 +659,4 @@ async def renew_now(memo: kopf.Memo, namespace: str, name: str, authorize: Autho
         if fresh:
             return True
         with correlated():
-            return await _renew(
-                memo,
-                kopf.Body(grant),
-                namespace,
-                name,
-                str((grant.get("metadata") or {}).get("uid") or ""),
-                memo.indexes,
-                authorize,
-            )
+            return await _renew(memo, grant, memo.indexes, authorize, phases=RENEWABLE_PHASES)

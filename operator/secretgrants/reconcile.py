@@ -43,6 +43,7 @@ from secretgrants.grants import (
 )
 from secretgrants.kube import KubeAPIError
 from secretgrants.lifecycle import (
+    DeliverIf,
     Outcome,
     secret_of,
 )
@@ -76,8 +77,14 @@ async def authorize_and_deliver(
     uid: str,
     generation: int | None,
     status: dict[str, Any],
+    deliver_if: DeliverIf | None = None,
 ) -> Outcome:
-    """ServiceAccount binding, PDP decision, provider read, delivery Secret: one pass."""
+    """ServiceAccount binding, PDP decision, provider read, delivery Secret: one pass.
+
+    ``deliver_if`` is asked right before the value is written to the delivery Secret (a
+    renewal checks there that the grant did not change under it); False gives the pass
+    up with nothing delivered (``Outcome.superseded``).
+    """
     cfg: Settings = memo.config
     tenant = outcome.tenant.tenant_id
     ref = resource_ref(await memo.salts.salt_for(outcome.tenant), outcome.uri)
@@ -168,6 +175,8 @@ async def authorize_and_deliver(
         expires = at + dt.timedelta(seconds=enforcement.ttl_seconds or cfg.default_ttl_seconds)
         secret_name: str | None = None
         if parsed.delivery.mode is DeliveryMode.VOLUME:
+            if deliver_if is not None and not await deliver_if():
+                return Outcome({}, superseded=True)
             with tracing.span(
                 tracing.SPAN_DELIVERY,
                 delivery_mode=parsed.delivery.mode.value,

@@ -22,6 +22,7 @@ from secretgrants.audit import Auditor, MemorySink
 from secretgrants.lifecycle import Outcome, Tending
 from secretgrants.metrics import Metrics
 from secretgrants.restarts import RestartLimiter
+from secretgrants.serial import GrantLocks
 from secretgrants.tenancy import env_tenant
 
 NS = "team-a"
@@ -57,6 +58,7 @@ def grant(
         "spec": spec,
         "status": {
             "phase": phase,
+            "observedGeneration": 1,
             "expiresAt": rfc3339(expires),
             "binding": {"serviceAccountName": "app", "serviceAccountUID": sa_uid},
             "delivery": {"mode": "Volume", "secretName": f"{name}-delivery"},
@@ -79,9 +81,13 @@ class KubeStandIn:
         self.writes.append(("blank", name, annotations))
         return True
 
-    async def patch_grant_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.writes.append(("status", name, status))
-        self.grants[(namespace, name)]["status"].update(status)
+    async def replace_grant_status(
+        self, namespace: str, obj: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        name = obj["metadata"]["name"]
+        self.writes.append(("status", name, obj["status"]))
+        self.grants[(namespace, name)]["status"] = obj["status"]
+        return obj
 
 
 class Authorize:
@@ -112,6 +118,7 @@ def memo() -> kopf.Memo:
     memo.audit_memory = MemorySink()
     memo.audit = Auditor([memo.audit_memory])
     memo.restarts = RestartLimiter(300)
+    memo.grant_locks = GrantLocks()
     return memo
 
 
@@ -254,7 +261,8 @@ async def test_a_permitted_renewal_writes_the_new_status_and_looks_again_soon(
     memo.kube.grants[(NS, "db")] = obj
     at = await t.tend((NS, "db"))
     assert authorize.calls == 1 and at is not None and at - time.time() < 2
-    assert memo.kube.writes == [("status", "db", {"phase": "Granted"})]
+    assert [(w[0], w[1]) for w in memo.kube.writes] == [("status", "db")]
+    assert obj["status"]["phase"] == "Granted"
     assert [e.type.value for e in memo.audit_memory.events] == ["renewed"]
 
 
@@ -284,7 +292,9 @@ async def test_reserved_uses_are_settled_by_the_scheduler_from_the_oldest_reserv
     t = tending(memo, indexes)
     reserved_at = time.time() - 0.5
     obj = grant(expires_in=600)
-    obj["status"]["reservations"] = [{"id": "r1", "reservedAt": rfc3339(dt.datetime.fromtimestamp(reserved_at, dt.UTC))}]
+    obj["status"]["reservations"] = [
+        {"id": "r1", "reservedAt": rfc3339(dt.datetime.fromtimestamp(reserved_at, dt.UTC))}
+    ]
     obj["status"]["usesConsumed"] = 1
     memo.kube.grants[(NS, "db")] = obj
     observe(t, obj)

@@ -44,6 +44,7 @@ from secretgrants.policy import (
 from secretgrants.providers import ProviderRegistry, YAMLFileProvider
 from secretgrants.redaction import MASK, register_secret
 from secretgrants.salts import SaltResolver
+from secretgrants.serial import GrantLocks
 from secretgrants.settings import Settings
 from secretgrants.tenancy import env_tenant
 
@@ -115,6 +116,7 @@ def make_memo(vault_file: Path, pdp: Any) -> kopf.Memo:
     memo.metrics = Metrics()
     memo.audit_memory = MemorySink()
     memo.audit = Auditor([memo.audit_memory])
+    memo.grant_locks = GrantLocks()
     return memo
 
 

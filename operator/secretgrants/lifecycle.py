@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, NamedTuple, Protocol, cast
 
 import kopf
@@ -66,6 +67,18 @@ __all__ = [
 log = logging.getLogger("secretgrants")
 
 RENEWED_LOOK_AGAIN_SECONDS = 1.0  # after a renewal, read the grant again this soon
+RENEWAL_RETRY_SECONDS = 5.0  # after a renewal that could not be decided: 5, 10, 20 .. s
+RENEWAL_RETRY_MAX_SECONDS = 60.0
+
+
+class Renewal(Enum):
+    """How a renewal ended."""
+
+    RENEWED = "renewed"
+    REFUSED = "refused"  # the PDP said no, or the grant changed: not asked again this TTL
+    RETRY = "retry"  # the PDP or the store could not answer: asked again, until expiresAt
+
+
 MAX_WRITE_ATTEMPTS = 10  # compare-and-swap attempts of one status write
 
 # Asked just before a value is written to the delivery Secret: False gives the pass up.
@@ -168,6 +181,7 @@ class Tending:
         self._authorize = authorize
         self._live: dict[Key, Tended] = {}
         self._given_up: dict[Key, str] = {}  # expiresAt for which a renewal was refused
+        self._renew_failures: dict[Key, int] = {}  # renewals in a row that could not be decided
         self._settled: dict[Key, float] = {}  # last look at a grant's reserved uses (epoch)
         self.scheduler = Scheduler(
             self.tend, sweep=self.sweep, sweep_interval=recheck_interval, concurrency=concurrency
@@ -189,6 +203,7 @@ class Tending:
         if type_ == "DELETED" or status.get("phase") not in LIVE_PHASES:
             self._live.pop(key, None)
             self._given_up.pop(key, None)
+            self._renew_failures.pop(key, None)
             self._settled.pop(key, None)
             self.scheduler.forget(key)
             return
@@ -302,11 +317,25 @@ class Tending:
                 await settle_uses(memo, namespace, name)  # a change comes back by the watch
         given_up = self._given_up.get(key)
         if renewal_due(spec, status, now=current, given_up_for=given_up):
-            renewed = await _renew(memo, raw, self._indexes, self._authorize, phases=LIVE_PHASES)
-            if renewed:
+            renewal = await _renew(memo, raw, self._indexes, self._authorize, phases=LIVE_PHASES)
+            if renewal is Renewal.RENEWED:
+                self._renew_failures.pop(key, None)
                 return time.time() + RENEWED_LOOK_AGAIN_SECONDS  # the watch brings the rest
-            given_up = self._given_up[key] = str(status.get("expiresAt"))
+            if renewal is Renewal.RETRY:
+                return self._retry_renewal(key, status)
+            self._renew_failures.pop(key, None)
+            self._given_up[key] = str(status.get("expiresAt"))
         return self._next(key, spec, status, time.time())
+
+    def _retry_renewal(self, key: Key, status: Mapping[str, Any]) -> float:
+        """When to ask again after a renewal the PDP or the store could not answer: with
+        backoff, and never after ``expiresAt`` (then the grant expires as it would have)."""
+        failures = self._renew_failures[key] = self._renew_failures.get(key, 0) + 1
+        backoff = RENEWAL_RETRY_SECONDS * float(2 ** min(failures - 1, 8))
+        delay = min(RENEWAL_RETRY_MAX_SECONDS, backoff)
+        at = time.time() + delay
+        expiry = expires_at(status)
+        return min(at, expiry.timestamp()) if expiry is not None else at
 
     def _binding_broken(self, namespace: str, tended: Tended) -> str | None:
         """Why the bound ServiceAccount no longer holds the grant, or None (from the SA index)."""
@@ -493,8 +522,8 @@ async def _renew(
     authorize: Authorize,
     *,
     phases: frozenset[str],
-) -> bool:
-    """Ask the PDP again and deliver the current value; True when the grant was renewed.
+) -> Renewal:
+    """Ask the PDP again and deliver the current value.
 
     The caller holds the grant's lock and read ``grant`` under it. The new value is
     delivered, and the status written (by compare-and-swap), only while the grant is
@@ -512,7 +541,7 @@ async def _renew(
     blocked = renewal_blocked(grant, generation=generation, phases=phases)
     if blocked is not None:
         log.info("grant %s/%s is not renewed: %s", namespace, name, blocked)
-        return False
+        return Renewal.REFUSED
     labels: dict[str, str] = next(iter(indexes["namespace_labels"].get(namespace, [])), {})
     try:
         parsed = SecretGrantRequestSpec.model_validate(dict(body.get("spec") or {}))
@@ -521,7 +550,7 @@ async def _renew(
         )
     except SecretGrantsError as err:
         kopf.warn(body, reason="RenewalRefused", message=err.message)
-        return False
+        return Renewal.REFUSED
     latest = grant  # the grant as last read: the status write starts from it
     delivered = False
 
@@ -560,14 +589,9 @@ async def _renew(
             )
             grant_span.set(phase=result.status.get("phase"))
             if result.superseded:
-                return False
+                return Renewal.REFUSED
             if not result.permitted:
-                kopf.warn(
-                    body,
-                    reason="RenewalDenied",
-                    message="renewal was not permitted; the grant expires at its expiresAt",
-                )
-                return False
+                return _not_renewed(body, result)
             written = await replace_status(
                 memo, namespace, latest, lambda _: result.status, still=still
             )
@@ -579,7 +603,7 @@ async def _renew(
             log.info("the renewal of grant %s/%s gave up: the grant changed", namespace, name)
             if delivered:
                 await _blank_if_left_behind(memo, namespace, name, status)
-            return False
+            return Renewal.REFUSED
         kopf.info(body, reason="Renewed", message="the PDP permitted a renewal; value re-delivered")
         log.info("grant %s/%s renewed", namespace, name)
         memo.metrics.renewals.inc()
@@ -592,7 +616,35 @@ async def _renew(
         )
     if parsed.renewal and parsed.renewal.restart_workloads:
         await _restart_workloads(memo, body, namespace, parsed.renewal.restart_workloads)
-    return True
+    return Renewal.RENEWED
+
+
+def _not_renewed(body: kopf.Body, result: Outcome) -> Renewal:
+    """Say on the grant why a renewal did not happen; RETRY when asking again may help."""
+    conditions: list[Mapping[str, Any]] = result.status.get("conditions") or []
+    ready = next((c for c in conditions if c.get("type") == "Ready"), {})
+    reason, message = str(ready.get("reason") or ""), str(ready.get("message") or "")
+    if result.retry_reason:
+        kopf.warn(
+            body,
+            reason="RenewalFailed",
+            message=f"renewal could not be decided ({reason}: {message}); asking again "
+            "until expiresAt",
+        )
+        return Renewal.RETRY
+    if reason == "Denied":
+        kopf.warn(
+            body,
+            reason="RenewalDenied",
+            message="renewal was not permitted; the grant expires at its expiresAt",
+        )
+    else:
+        kopf.warn(
+            body,
+            reason="RenewalFailed",
+            message=f"renewal failed ({reason}: {message}); the grant expires at its expiresAt",
+        )
+    return Renewal.REFUSED
 
 
 async def _blank_if_left_behind(
@@ -659,4 +711,5 @@ async def renew_now(memo: kopf.Memo, namespace: str, name: str, authorize: Autho
         if fresh:
             return True
         with correlated():
-            return await _renew(memo, grant, memo.indexes, authorize, phases=RENEWABLE_PHASES)
+            renewal = await _renew(memo, grant, memo.indexes, authorize, phases=RENEWABLE_PHASES)
+            return renewal is Renewal.RENEWED

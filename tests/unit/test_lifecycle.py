@@ -314,3 +314,47 @@ async def test_reserved_uses_are_settled_by_the_scheduler_from_the_oldest_reserv
     observe(t, memo.kube.grants[(NS, "db")])
     at = t.scheduler.deadline((NS, "db"))
     assert at is not None and at > time.time() + 500  # back to its expiry
+
+
+class Unavailable(Authorize):
+    """The PDP does not answer for the first ``failures`` calls, then permits."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(permitted=True)
+        self.failures = failures
+
+    async def __call__(self, memo: kopf.Memo, parsed: Any, outcome: Any, **kw: Any) -> Outcome:
+        self.calls += 1
+        if self.calls <= self.failures:
+            ready = {"type": "Ready", "reason": "PDPUnavailable", "message": "no answer"}
+            return Outcome({"phase": "Denied", "conditions": [ready]}, "PDP unavailable")
+        return Outcome({"phase": "Granted"}, permitted=True)
+
+
+async def test_a_renewal_the_pdp_could_not_answer_is_asked_again_with_backoff(
+    memo: kopf.Memo, indexes: dict[str, Any]
+) -> None:
+    authorize = Unavailable(failures=2)
+    t = Tending(memo, indexes, authorize, recheck_interval=30)
+    obj = grant(expires_in=300, renewal={"enabled": True, "beforeExpirySeconds": 600})
+    memo.kube.grants[(NS, "db")] = obj
+    first = await t.tend((NS, "db"))
+    assert authorize.calls == 1 and first is not None and 4 < first - time.time() < 6
+    second = await t.tend((NS, "db"))
+    assert authorize.calls == 2 and second is not None and 9 < second - time.time() < 11
+    assert memo.kube.writes == []  # nothing written while the PDP does not answer
+    third = await t.tend((NS, "db"))
+    assert authorize.calls == 3 and third is not None and third - time.time() < 2
+    assert obj["status"]["phase"] == "Granted"
+    assert [e.type.value for e in memo.audit_memory.events] == ["renewed"]
+
+
+async def test_a_renewal_retry_is_never_later_than_the_expiry(
+    memo: kopf.Memo, indexes: dict[str, Any]
+) -> None:
+    authorize = Unavailable(failures=10)
+    t = Tending(memo, indexes, authorize, recheck_interval=30)
+    obj = grant(expires_in=3, renewal={"enabled": True, "beforeExpirySeconds": 600})
+    memo.kube.grants[(NS, "db")] = obj
+    at = await t.tend((NS, "db"))
+    assert at is not None and at - time.time() < 3.5  # the expiry, not now + 5 s

@@ -3,9 +3,9 @@
 What goes in: one operator watching this test's namespace with the audit sinks
 ``stdout,events,kafka`` (real KRaft broker), console traces, metrics, a tenant
 salt, the built-in PDP and the real Vault. The flow: a guard rejection, a PDP
-deny, a provider error, a permit and its delivery, an admitted pod (a use
+deny, a provider error, a delivery the apiserver would refuse, a permit and its delivery, an admitted pod (a use
 reserved), a refused pod, a use given back, a renewal, an expiry, a revocation,
-and a refused Secrets API call.
+a refused Secrets API call and a Secrets API read.
 
 What is asserted: each of those event types reaches stdout and Kafka with the
 fields a security team needs (subject, tenant, purpose, effect, resource_ref,
@@ -83,6 +83,12 @@ def test_every_event_type_with_every_field_and_no_leak_in_any_output(
     apply(cluster, grant("missing", ns, "vault+kv2://secret/e2e/absent#password"))
     wait_phase(cluster, "outside", ns, "Rejected")
     wait_phase(cluster, "denied", ns, "Denied")
+    # a delivery the apiserver would refuse (a key no Secret can hold)
+    kv.create_or_update_secret(
+        path="e2e/odd", secret={"db password": ROTATED_VALUE}, mount_point="secret"
+    )
+    apply(cluster, grant("odd", ns, "vault+kv2://secret/e2e/odd"))
+    wait_phase(cluster, "odd", ns, "Error")
     # permit + delivery; a pod admitted (use reserved); a pod refused
     apply(cluster, grant("db", ns, URI, maxUses=5))
     apply(cluster, grant("theirs", ns, "vault+kv2://secret/e2e-other/db#password", sa="other"))
@@ -124,6 +130,19 @@ def test_every_event_type_with_every_field_and_no_leak_in_any_output(
         timeout=10,
     )
     assert refused.status_code == 401
+    # a Secrets API read of an Api grant
+    apply(cluster, grant("api", ns, URI, delivery={"mode": "Api"}))
+    wait_phase(cluster, "api", ns, "Granted")
+    read_token = cluster.kubectl(
+        "create", "token", "app", "-n", ns, "--audience=crud.secrets", "--duration=10m"
+    ).stdout.strip()
+    read = httpx.get(
+        f"{op.api_url}/api/secrets/v1/namespaces/{ns}/grants/api",
+        headers={"Authorization": f"Bearer {read_token}"},
+        verify=ssl.create_default_context(cafile=str(ca_path)),
+        timeout=10,
+    )
+    assert read.status_code == 200, read.text
 
     def given_back() -> None:  # the refused pod's use of "db" (the admitted pod keeps its own)
         st = get(cluster, "sgr", "db", ns)["status"]

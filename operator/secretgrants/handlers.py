@@ -545,29 +545,40 @@ async def revoke_on_delete(
 @kopf.on.event("serviceaccounts")
 @correlated_handler
 async def service_account_gone(
-    type: str, name: str | None, namespace: str | None, memo: kopf.Memo, **_: Any
+    type: str,
+    name: str | None,
+    namespace: str | None,
+    memo: kopf.Memo,
+    uid: str | None = None,
+    **_: Any,
 ) -> None:
-    """Revoke the live grants bound to a ServiceAccount that was deleted."""
+    """Revoke the live grants bound to a ServiceAccount that was deleted (that very one:
+    a grant bound to a newer ServiceAccount of the same name is left alone)."""
     if type != "DELETED" or not namespace or not name:
         return
     message = f"ServiceAccount {name!r} was deleted; the grant is revoked"
     for listed in await memo.kube.list_grants(namespace):
-        if not _live_and_bound_to(listed, name):
+        if not _live_and_bound_to(listed, name, uid):
             continue
         grant_name = listed["metadata"]["name"]
         async with memo.grant_locks.hold(namespace, grant_name):
             grant = await memo.kube.read_grant(namespace, grant_name)  # as the last writer left it
-            if grant is None or not _live_and_bound_to(grant, name):
+            if grant is None or not _live_and_bound_to(grant, name, uid):
                 continue
             await end_grant(
                 memo, namespace, grant_name, grant, revoking(message), "ServiceAccountChanged"
             )
 
 
-def _live_and_bound_to(grant: dict[str, Any], service_account: str) -> bool:
+def _live_and_bound_to(grant: dict[str, Any], service_account: str, uid: str | None) -> bool:
     status = grant.get("status") or {}
-    bound = (status.get("binding") or {}).get("serviceAccountName")
-    return status.get("phase") in LIVE_PHASES and bound == service_account
+    binding = status.get("binding") or {}
+    bound_uid = binding.get("serviceAccountUID")
+    return (
+        status.get("phase") in LIVE_PHASES
+        and binding.get("serviceAccountName") == service_account
+        and (not uid or not bound_uid or bound_uid == uid)
+    )
 
 
 @kopf.on.resume(*TENANTS)

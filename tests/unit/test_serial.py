@@ -582,3 +582,20 @@ async def test_grant_locks_serialise_one_grant_and_are_dropped_when_unused() -> 
     assert order.index("a-") < order.index("b+")  # one grant: one at a time
     assert order.index("c+") < order.index("a-")  # another grant: not held up
     assert len(locks) == 0 and not locks.held(NS, "db")
+
+
+async def test_the_deletion_of_an_older_service_account_of_the_same_name_revokes_nothing(
+    memo: kopf.Memo, api: Apiserver
+) -> None:
+    """A late DELETED event of a ServiceAccount the grant is no longer bound to (another
+    UID under the same name) leaves the grant alone; the event of its own one revokes it."""
+    await granted(memo, api)
+    await handlers.service_account_gone(
+        type="DELETED", name="app", namespace=NS, uid="an-older-uid", memo=memo
+    )
+    assert api.status()["phase"] == "Granted" and api.secrets[SECRET]
+    await handlers.service_account_gone(
+        type="DELETED", name="app", namespace=NS, uid=SA_UID, memo=memo
+    )
+    assert api.status()["phase"] == "Revoked"
+    assert_nothing_left_behind(api)

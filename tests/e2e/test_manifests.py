@@ -249,8 +249,11 @@ def test_helm_chart_renders_the_base_admission_policies_for_its_release(
     cluster: Cluster,
 ) -> None:
     """The chart's policies are the base's, naming the operator's ServiceAccount in the
-    release's namespace; in both, that is the ServiceAccount the operator runs as."""
-    chart = rendered(namespace="ops")
+    release's namespace; in both, that is the ServiceAccount the operator runs as. The base's
+    operator keeps its webhook configurations, as the chart's does with
+    webhook.manageConfiguration (by default the chart installs them: see
+    test_static_admission)."""
+    chart = rendered("webhook.manageConfiguration=true", namespace="ops")
     base = base_objects(cluster, POLICY_KINDS | {"ServiceAccount", "Deployment"})
     for docs, namespace in ((base, OPERATOR_NS), (chart, "ops")):
         account = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]

@@ -66,13 +66,7 @@ from secretgrants.serial import RENEWABLE_PHASES, GrantLocks
 from secretgrants.settings import Settings
 from secretgrants.tenancy import Tenant, TenantSource, env_tenant
 from secretgrants.webhook import PodAdmission, WebhookServer, serving_cert
-from secretgrants.webhook_config import (
-    MUTATE_PATH,
-    VALIDATE_PATH,
-    client_config,
-    mutating,
-    validating,
-)
+from secretgrants.webhook_config import configurations_for
 
 log = logging.getLogger("secretgrants")
 
@@ -205,6 +199,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         await _start_webhook(memo, cfg)
     if cfg.webhook_manage_config:
         await _apply_finalizer_policy(memo.kube, cfg)
+    else:
+        _note_installed_configuration(cfg)
     memo.secrets_api = None
     if cfg.api_port:
         memo.secrets_api = SecretsAPI(
@@ -257,6 +253,21 @@ async def _apply_finalizer_policy(kube: KubeClient, cfg: Settings) -> None:
         )
 
 
+def _note_installed_configuration(cfg: Settings) -> None:
+    """The install (the Helm chart) keeps the admission configuration: the operator writes none."""
+    log.info(
+        "admission configuration %r is installed, not kept by the operator "
+        "(SECRETGRANTS_WEBHOOK_MANAGE=false): it creates and patches none",
+        cfg.webhook_config_name,
+    )
+    if cfg.webhook_enabled and cfg.webhook_cert_dir is None:
+        log.warning(
+            "SECRETGRANTS_WEBHOOK_MANAGE=false without SECRETGRANTS_WEBHOOK_CERT_DIR: the "
+            "webhook serves a certificate made at start, which no installed webhook "
+            "configuration trusts; mount the certificate whose CA is their caBundle"
+        )
+
+
 async def _start_webhook(memo: kopf.Memo, cfg: Settings) -> None:
     cert = memo.cert
     server = WebhookServer(memo.admission, cert)
@@ -264,24 +275,7 @@ async def _start_webhook(memo: kopf.Memo, cfg: Settings) -> None:
     memo.webhook = server
     if not cfg.webhook_manage_config:
         return
-    namespaces = [cfg.namespace] if cfg.namespace else []
-    for build, path in ((mutating, MUTATE_PATH), (validating, VALIDATE_PATH)):
-        client = client_config(
-            cert.ca_pem,
-            path,
-            url=cfg.webhook_url,
-            service=cfg.webhook_service,
-            namespace=cfg.operator_namespace,
-            port=443,
-        )
-        body = build(
-            cfg.webhook_config_name,
-            client,
-            failure_policy=cfg.webhook_failure_policy,
-            timeout_seconds=cfg.webhook_timeout_seconds,
-            namespaces=namespaces,
-            operator_namespace=cfg.operator_namespace,
-        )
+    for body in configurations_for(cfg, cert.ca_pem):
         await memo.kube.apply_webhook_configuration(body)
     log.info("webhook configurations %r are in place", cfg.webhook_config_name)
 

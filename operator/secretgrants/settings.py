@@ -289,7 +289,12 @@ class Settings(BaseSettings):
     webhook_manage_config: bool = Field(
         default=True,
         validation_alias=AliasChoices("SECRETGRANTS_WEBHOOK_MANAGE", "webhook_manage_config"),
-        description="Create the webhook configurations and keep their caBundle current.",
+        description=(
+            "Create the webhook configurations (and the finalizer MutatingAdmissionPolicy) at "
+            "start and keep their caBundle current. false: the install provides them (the Helm "
+            "chart's default), the operator writes none and needs no rights on "
+            "admissionregistration.k8s.io; mount the certificate (SECRETGRANTS_WEBHOOK_CERT_DIR)."
+        ),
     )
     webhook_config_name: str = Field(
         default="secretgrants",

@@ -16,18 +16,34 @@ Choices (explained in the README):
   the whole pod: an ephemeral container is the one way to add ``env`` to a
   pod after its creation. The same CEL condition selects those updates.
 - sideEffects NoneOnDryRun: a dry-run admission counts no use.
+
+The operator applies these at start (``SECRETGRANTS_WEBHOOK_MANAGE``, the default);
+the Helm chart renders the same configurations instead, so that the operator needs
+no rights on admission configuration (``webhook.manageConfiguration``, off by
+default). A test compares the chart's rendering with ``configurations`` below.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from secretgrants.admission import LABEL_INJECT
 from secretgrants.delivery import DELIVERY_PREFIX
 
-__all__ = ["MUTATE_PATH", "VALIDATE_PATH", "client_config", "mutating", "validating"]
+if TYPE_CHECKING:
+    from secretgrants.settings import Settings
+
+__all__ = [
+    "MUTATE_PATH",
+    "VALIDATE_PATH",
+    "client_config",
+    "configurations",
+    "configurations_for",
+    "mutating",
+    "validating",
+]
 
 MUTATE_PATH = "/mutate-pods"
 VALIDATE_PATH = "/validate-pods"
@@ -182,3 +198,45 @@ def validating(
         "metadata": _meta(name),
         "webhooks": [webhook],
     }
+
+
+def configurations(
+    name: str,
+    ca_pem: bytes,
+    *,
+    url: str | None,
+    service: str,
+    operator_namespace: str,
+    port: int = 443,
+    failure_policy: str = "Fail",
+    timeout_seconds: int = 5,
+    namespaces: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """Both configurations, as the operator applies them and the chart renders them."""
+    return [
+        build(
+            name,
+            client_config(
+                ca_pem, path, url=url, service=service, namespace=operator_namespace, port=port
+            ),
+            failure_policy=failure_policy,
+            timeout_seconds=timeout_seconds,
+            namespaces=namespaces,
+            operator_namespace=operator_namespace,
+        )
+        for build, path in ((mutating, MUTATE_PATH), (validating, VALIDATE_PATH))
+    ]
+
+
+def configurations_for(cfg: Settings, ca_pem: bytes) -> list[dict[str, Any]]:
+    """What the operator applies at start with these settings."""
+    return configurations(
+        cfg.webhook_config_name,
+        ca_pem,
+        url=cfg.webhook_url,
+        service=cfg.webhook_service,
+        operator_namespace=cfg.operator_namespace,
+        failure_policy=cfg.webhook_failure_policy,
+        timeout_seconds=cfg.webhook_timeout_seconds,
+        namespaces=[cfg.namespace] if cfg.namespace else [],
+    )

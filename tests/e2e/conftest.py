@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, Cluster
+from tests.conftest import REPO, Cluster, webhook_config_name
 from tests.e2e.kube import apply, eventually, grant, tenant
 
 OPERATOR_NS = "secretgrants-system"
@@ -60,7 +60,10 @@ def enforce_policies(
     apiserver enforces both in this test's namespace; they are deleted afterwards.
 
     Their bindings are narrowed to this namespace: the operators of other tests run as the
-    admin user, whose status writes the shipped (cluster-wide) binding would refuse.
+    admin user, whose status writes the shipped (cluster-wide) binding would refuse. (Webhook
+    configurations are cluster-scoped: a namespaceSelector never skips them.) The test's
+    operator keeps webhook configurations named after its namespace, so that is the name
+    secretgrants-operator-writes lets it write, instead of the shipped ``secretgrants``.
     """
     docs = base_objects(cluster, POLICY_KINDS)
     assert sorted(d["kind"] for d in docs) == sorted([*POLICY_KINDS] * 2)
@@ -70,6 +73,10 @@ def enforce_policies(
             doc["spec"]["matchResources"] = {
                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
             }
+        for variable in doc["spec"].get("variables", []):
+            if variable["name"] == "webhookConfigurations":
+                assert variable["expression"] == "['secretgrants']", variable
+                variable["expression"] = f"['{webhook_config_name(namespace)}']"
     probe = f"policy-probe-{uuid.uuid4().hex[:6]}"
 
     def refused(args: list[str], policy: str) -> None:

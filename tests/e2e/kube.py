@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 from tests.conftest import Cluster
 
@@ -58,3 +61,20 @@ def tenant(name: str, tenant_id: str, mounts: list[str], **spec: Any) -> dict[st
         "metadata": {"name": name},
         "spec": {"tenantId": tenant_id, "allowedMounts": mounts, **spec},
     }
+
+
+def kubeconfig_for(cluster: Cluster, name: str, user: dict[str, Any], path: Path) -> Path:
+    """A kubeconfig at ``path`` for the cluster's server, as ``user`` (e.g. ``{"token": ...}``)."""
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    current = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
+    server = next(c for c in admin["clusters"] if c["name"] == current["context"]["cluster"])
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [server],
+        "users": [{"name": name, "user": user}],
+        "contexts": [{"name": name, "context": {"cluster": server["name"], "user": name}}],
+        "current-context": name,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -5,8 +5,8 @@ bound to the test's namespace only (see ``enforce_policies``). Other users act t
 ``kubectl --as``; the operator acts through its own client (``KubeClient``: the requests its
 code sends) logged in with a token of its ServiceAccount. What is asserted: only the
 operator writes a grant's status (a tenant's wildcard role could before); the operator
-writes only delivery Secrets, and changes a workload only in its restart annotation.
-Each refusal carries the policy's message.
+writes only delivery Secrets, changes a workload only in its restart annotation, and
+writes only its own webhook configurations. Each refusal carries the policy's message.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ import pytest
 
 from secretgrants import kubeconfig
 from secretgrants.delivery import delivery_secret, delivery_secret_name
+from secretgrants.finalizer_policy import policy as finalizer_policy
 from secretgrants.kube import KubeAPIError, KubeClient, Login
+from secretgrants.pki import new_ca
 from secretgrants.restarts import ANNOTATION_RESTARTED_AT, restart_patch
-from tests.conftest import Cluster
+from secretgrants.webhook_config import configurations
+from tests.conftest import Cluster, webhook_config_name
 from tests.e2e.conftest import OPERATOR_NS, OPERATOR_SA, OPERATOR_USER
 from tests.e2e.kube import apply, get, grant
 
@@ -261,3 +264,55 @@ async def test_the_operator_may_change_nothing_else_in_a_workload(
     )  # fmt: skip
     assert created.returncode != 0
     assert f"{WRITES_POLICY}: the operator never creates workloads" in created.stderr
+
+
+async def test_the_operator_writes_only_its_own_webhook_configurations(
+    cluster: Cluster,
+    namespace: str,
+    enforce_policies: Callable[[], None],
+    as_operator: KubeClient,
+) -> None:
+    """RBAC cannot narrow ``create`` by name; the policy narrows the operator's webhook
+    configurations to its own name (here the test's), with webhooks on pods only.
+
+    The apiserver (1.36) runs no ValidatingAdmissionPolicy on MutatingAdmissionPolicies
+    (nor on ValidatingAdmissionPolicies and bindings): a policy of any name is created.
+    """
+    ns = namespace
+    own = webhook_config_name(ns)
+    probe = f"{ns}-probe"
+    enforce_policies()
+    ca = new_ca("probe").cert_pem
+    # What the operator applies at start (never called: url port 1, this namespace only).
+    bodies = configurations(
+        own,
+        ca,
+        url="https://127.0.0.1:1",
+        service="unused",
+        operator_namespace=OPERATOR_NS,
+        namespaces=[ns],
+    )
+    try:
+        for body in bodies:
+            wider = json.loads(json.dumps(body).replace('["pods"]', '["pods", "secrets"]'))
+            assert wider != body
+            message = await refused(as_operator.apply_webhook_configuration(wider))
+            assert "the operator's webhooks see pods only" in message
+            await as_operator.apply_webhook_configuration(body)
+            other = {**body, "metadata": {**body["metadata"], "name": probe}}
+            message = await refused(as_operator.apply_webhook_configuration(other))
+            assert f"writes only its own webhook configurations ([{own}]), not {probe}" in message
+        # No admission policy stops this create: only RBAC (and the chart's default, which
+        # gives the operator none).
+        policy = finalizer_policy(probe)
+        policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] = ["configmaps"]
+        policy["spec"]["matchConstraints"]["resourceRules"][0]["apiGroups"] = [""]
+        assert await as_operator.apply_cluster_object("mutatingadmissionpolicies", policy)
+    finally:
+        for kind in (
+            "mutatingwebhookconfiguration",
+            "validatingwebhookconfiguration",
+            "mutatingadmissionpolicy",
+        ):
+            for name in (own, probe, f"{probe}-finalizer"):
+                cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)

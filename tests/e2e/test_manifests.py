@@ -12,7 +12,6 @@ the code needs. The helm chart renders the same objects for its release.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable
@@ -22,7 +21,6 @@ from typing import Any
 import pytest
 import yaml
 
-from secretgrants.devenv.processes import binary
 from tests.conftest import REPO, SECRET_VALUE, Cluster, OperatorProcess
 from tests.e2e.conftest import (
     OPERATOR_NS,
@@ -31,7 +29,8 @@ from tests.e2e.conftest import (
     POLICY_KINDS,
     base_objects,
 )
-from tests.e2e.kube import apply, eventually, get, grant, tenant
+from tests.e2e.helm import helm, one, rendered
+from tests.e2e.kube import apply, eventually, get, grant, kubeconfig_for, tenant
 
 OVERLAYS = sorted(p.parent for p in (REPO / "manifests" / "overlays").glob("*/kustomization.yaml"))
 
@@ -112,9 +111,6 @@ def operator_kubeconfig(
     token = cluster.kubectl(
         "create", "token", OPERATOR_SA, "-n", OPERATOR_NS, "--duration=1h"
     ).stdout.strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    current = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
-    server = next(c for c in admin["clusters"] if c["name"] == current["context"]["cluster"])
     user: dict[str, Any] = {"token": token}
     if request.param == "exec":
         credential = {"apiVersion": EXEC_API, "kind": "ExecCredential", "status": {"token": token}}
@@ -128,19 +124,7 @@ def operator_kubeconfig(
                 "interactiveMode": "Never",
             }
         }
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [server],
-        "users": [{"name": OPERATOR_SA, "user": user}],
-        "contexts": [
-            {"name": "operator", "context": {"cluster": server["name"], "user": OPERATOR_SA}}
-        ],
-        "current-context": "operator",
-    }
-    path = tmp_path / "operator-kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return kubeconfig_for(cluster, OPERATOR_SA, user, tmp_path / "operator-kubeconfig")
 
 
 def test_the_operator_does_its_job_with_only_its_rbac(
@@ -207,17 +191,11 @@ def test_the_operator_does_its_job_with_only_its_rbac(
         cluster.kubectl("delete", "secrettenant", name, "--wait=false", check=False)
 
 
-def _helm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(binary("helm")), *args], capture_output=True, text=True, timeout=120, check=False
-    )
-
-
 def test_helm_chart_lints_renders_and_is_accepted(cluster: Cluster, operator_rbac: None) -> None:
     chart = str(REPO / "charts" / "secretgrants")
-    lint = _helm("lint", chart, "--kube-version", "1.36.0")
+    lint = helm("lint", chart, "--kube-version", "1.36.0")
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    rendered = _helm(
+    template = helm(
         "template",
         "sg",
         chart,
@@ -234,8 +212,8 @@ def test_helm_chart_lints_renders_and_is_accepted(cluster: Cluster, operator_rba
         "--set",
         "webhook.failurePolicy=Ignore",
     )
-    assert rendered.returncode == 0, rendered.stderr
-    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    assert template.returncode == 0, template.stderr
+    docs = [d for d in yaml.safe_load_all(template.stdout) if d]
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     env = {
         e["name"]: e.get("value")
@@ -251,7 +229,7 @@ def test_helm_chart_lints_renders_and_is_accepted(cluster: Cluster, operator_rba
         OPERATOR_NS,
         "-f",
         "-",
-        input=rendered.stdout,
+        input=template.stdout,
         check=False,
     )
     assert applied.returncode == 0, applied.stderr
@@ -260,18 +238,9 @@ def test_helm_chart_lints_renders_and_is_accepted(cluster: Cluster, operator_rba
         assert chart_crd.read_text() == (REPO / "crds" / crd).read_text(), f"{crd}: run make crds"
 
 
-def _rendered(*values: str, namespace: str = "default") -> list[dict[str, Any]]:
-    """What ``helm template`` renders with ``values`` for a release in ``namespace``."""
-    sets = [arg for value in values for arg in ("--set", value)]
-    chart = str(REPO / "charts" / "secretgrants")
-    rendered = _helm("template", "sg", chart, "-n", namespace, "--kube-version", "1.36.0", *sets)
-    assert rendered.returncode == 0, rendered.stderr
-    return [d for d in yaml.safe_load_all(rendered.stdout) if d]
-
-
 def _rendered_pod(*values: str) -> dict[str, Any]:
     """The operator Deployment's pod spec that ``helm template`` renders with ``values``."""
-    deployment = next(d for d in _rendered(*values) if d["kind"] == "Deployment")
+    deployment = one(rendered(*values), "Deployment")
     pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
     return pod
 
@@ -280,8 +249,11 @@ def test_helm_chart_renders_the_base_admission_policies_for_its_release(
     cluster: Cluster,
 ) -> None:
     """The chart's policies are the base's, naming the operator's ServiceAccount in the
-    release's namespace; in both, that is the ServiceAccount the operator runs as."""
-    chart = _rendered(namespace="ops")
+    release's namespace; in both, that is the ServiceAccount the operator runs as. The base's
+    operator keeps its webhook configurations, as the chart's does with
+    webhook.manageConfiguration (by default the chart installs them: see
+    test_static_admission)."""
+    chart = rendered("webhook.manageConfiguration=true", namespace="ops")
     base = base_objects(cluster, POLICY_KINDS | {"ServiceAccount", "Deployment"})
     for docs, namespace in ((base, OPERATOR_NS), (chart, "ops")):
         account = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]

@@ -18,6 +18,7 @@ __all__ = [
     "KubeModel",
     "cel",
     "now",
+    "preserve_unknown",
     "set_condition",
 ]
 
@@ -114,3 +115,12 @@ def set_condition(
             )
         )
     return out
+
+
+def preserve_unknown(schema: dict[str, Any]) -> None:
+    """An object the apiserver keeps as written (no pruning), for kopf's bookkeeping."""
+    description = schema.get("description")
+    schema.clear()
+    schema.update({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+    if description:
+        schema["description"] = description

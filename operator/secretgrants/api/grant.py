@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from secretgrants.api.common import Condition, KubeModel, cel
+from secretgrants.api.common import Condition, KubeModel, cel, preserve_unknown
 from secretgrants.reasons import Phase, Purpose
 
 __all__ = [
@@ -246,15 +246,6 @@ class UseReservation(KubeModel):
     reserved_at: dt.datetime = Field(description="When the use was reserved.")
 
 
-def _preserve_unknown(schema: dict[str, Any]) -> None:
-    """An object the apiserver keeps as written (no pruning), for kopf's bookkeeping."""
-    description = schema.get("description")
-    schema.clear()
-    schema.update({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
-    if description:
-        schema["description"] = description
-
-
 class SecretGrantRequestStatus(KubeModel):
     """What the operator decided and delivered. Never holds a secret value or the URI."""
 
@@ -298,7 +289,7 @@ class SecretGrantRequestStatus(KubeModel):
             "The operator framework's (kopf) bookkeeping: handler progress and the last "
             "handled spec. Kept in the status so that one status write records a decision."
         ),
-        json_schema_extra=_preserve_unknown,
+        json_schema_extra=preserve_unknown,
     )
 
 

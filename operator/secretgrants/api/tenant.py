@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from secretgrants.api.common import Condition, KubeModel, cel
+from secretgrants.api.common import Condition, KubeModel, cel, preserve_unknown
 
 __all__ = [
     "LabelSelector",
@@ -103,6 +103,14 @@ class SecretTenantStatus(KubeModel):
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],
         },
+    )
+    kopf: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "The operator framework's (kopf) bookkeeping: handler progress and the last "
+            "handled spec (a digest)."
+        ),
+        json_schema_extra=preserve_unknown,
     )
 
 

@@ -28,6 +28,7 @@ from secretgrants.audit import Effect as AuditEffect
 from secretgrants.audit_kafka import KafkaSink, aiokafka_producer
 from secretgrants.audit_sinks import KubeEventSink, StdoutSink
 from secretgrants.bookkeeping import SpecDigestStorage, progress_storage
+from secretgrants.cert_reload import CertReloader
 from secretgrants.delivery import ANNOTATION_STATE
 from secretgrants.diagnostics import DiagnosticsServer
 from secretgrants.errors import SecretGrantsError
@@ -217,6 +218,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
             **settings_options(cfg),
         )
         await memo.secrets_api.start(cfg.webhook_address, cfg.api_port, memo.cert)
+    memo.cert_reloader = _watch_mounted_cert(memo, cfg)
     # One scheduler for every live grant's renewal and expiry (fed by ``observe_grant``).
     memo.tending = Tending(
         memo, kwargs, authorize_and_deliver, recheck_interval=cfg.recheck_interval_seconds
@@ -229,6 +231,32 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     gc.freeze()
     memo.heap = HeapTrimmer(cfg.heap_trim_seconds)
     memo.heap.start()
+
+
+def _watch_mounted_cert(memo: kopf.Memo, cfg: Settings) -> CertReloader | None:
+    """Serve a renewed mounted certificate (cert-manager) without a restart."""
+    if cfg.webhook_cert_dir is None:
+        return None  # made at start: it never changes
+
+    async def new_ca(ca_pem: bytes) -> None:
+        if cfg.webhook_enabled and cfg.webhook_manage_config:
+            for body in configurations_for(cfg, ca_pem):
+                await memo.kube.apply_webhook_configuration(body)
+            log.info("webhook configurations %r trust the renewed CA", cfg.webhook_config_name)
+
+    ca_file = cfg.webhook_cert_dir / "ca.crt"
+    reloader = CertReloader(
+        memo.cert.cert_file,
+        memo.cert.key_file,
+        ca_file if ca_file.exists() else None,
+        interval=cfg.cert_reload_seconds,
+        on_new_ca=new_ca,
+    )
+    for server in (memo.get("webhook"), memo.get("secrets_api")):
+        if server is not None and server.ssl_context is not None:
+            reloader.track(server.ssl_context)
+    reloader.start()
+    return reloader
 
 
 async def _apply_finalizer_policy(kube: KubeClient, cfg: Settings) -> None:
@@ -288,6 +316,8 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await memo.tending.scheduler.stop()
     if memo.get("heap") is not None:
         await memo.heap.stop()
+    if memo.get("cert_reloader") is not None:
+        await memo.cert_reloader.stop()
     if memo.get("webhook") is not None:
         await memo.webhook.stop()
     if memo.get("diagnostics") is not None:

@@ -286,6 +286,15 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SECRETGRANTS_WEBHOOK_CERT_DIR", "webhook_cert_dir"),
         description="tls.crt, tls.key and ca.crt (e.g. from cert-manager); self-signed when unset.",
     )
+    cert_reload_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        validation_alias=AliasChoices("SECRETGRANTS_CERT_RELOAD_SECONDS", "cert_reload_seconds"),
+        description=(
+            "How often a mounted serving certificate (SECRETGRANTS_WEBHOOK_CERT_DIR) is looked "
+            "at; a renewed one (cert-manager) is served without a restart. 0 never looks."
+        ),
+    )
     webhook_manage_config: bool = Field(
         default=True,
         validation_alias=AliasChoices("SECRETGRANTS_WEBHOOK_MANAGE", "webhook_manage_config"),

@@ -625,6 +625,7 @@ class WebhookServer:
         self.admission = admission
         self.cert = cert
         self._runner: web.AppRunner | None = None
+        self.ssl_context: ssl.SSLContext | None = None  # once started
         self.latencies: list[float] = []
 
     def app(self) -> web.Application:
@@ -637,7 +638,8 @@ class WebhookServer:
     async def start(self, address: str, port: int) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, address, port, ssl_context=self.cert.ssl_context())
+        self.ssl_context = self.cert.ssl_context()
+        site = web.TCPSite(self._runner, address, port, ssl_context=self.ssl_context)
         await site.start()
         log.info("admission webhook listening on https://%s:%d", address, port)
 

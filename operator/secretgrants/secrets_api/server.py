@@ -239,6 +239,7 @@ class SecretsAPI:
         )
         self.management_replays = ReplayCache()
         self._runner: web.AppRunner | None = None
+        self.ssl_context: ssl.SSLContext | None = None  # once started
 
     @property
     def replays(self) -> Any:
@@ -266,7 +267,7 @@ class SecretsAPI:
         """Serve on ``address:port`` with ``cert`` (a ServingCert, or a ready SSLContext)."""
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        ctx = api_ssl_context(cert, self.client_ca)
+        ctx = self.ssl_context = api_ssl_context(cert, self.client_ca)
         await web.TCPSite(self._runner, address, port, ssl_context=ctx).start()
         mtls = " (mTLS optional)" if self.client_ca else ""
         log.info("Secrets API listening on https://%s:%d%s", address, port, mtls)

@@ -277,3 +277,20 @@ async def test_dpop_proofs_on_management_calls(
     assert (await write(client, raw, VALUE + "2", proof=fresh))[0] == 200  # same token
     reasons = [e.reason for e in sink.events if e.type is EventType.API_REFUSED]
     assert reasons == ["InvalidDPoPProof", "InvalidDPoPProof", "Replay"]
+
+
+def test_identifiers_issued_before_the_process_started_are_refused() -> None:
+    """The replay memory starts empty with the process: a token or proof from before
+    then may have been used already, so it is refused (one second of rounding allowed)."""
+    started = time.time()
+    replays = ReplayCache(not_before=started)
+    old = caller_of(token(iat=int(started) - 30))
+    assert refused(use_once, replays, old, None, [Operation.WRITE]) == (403, "Replay")
+    fresh = caller_of(token(iat=int(started)))  # whole seconds: issued in the same second
+    use_once(replays, fresh, None, [Operation.WRITE])
+    without_iat = caller_of(token())
+    use_once(replays, without_iat, None, [Operation.WRITE])  # nothing to tell by: as before
+    use_once(replays, old, None, [Operation.METADATA])  # changes nothing: not checked
+    with pytest.raises(Problem) as proof_from_before:
+        replays.first_use("dpop/k/j", started + 60, started, issued_at=started - 5)
+    assert proof_from_before.value.code == "Replay"

@@ -31,7 +31,7 @@ from secretgrants.redaction import register_secret
 from secretgrants.secrets_api.authentication import Caller
 from secretgrants.secrets_api.binding import Sender, check_sender
 from secretgrants.secrets_api.problems import Problem, from_error
-from secretgrants.secrets_api.replay import ReplayCache, replayed, token_jti
+from secretgrants.secrets_api.replay import ReplayCache, issued_at, replayed, token_jti
 from secretgrants.uri import parse_secret_uri
 from secretgrants.uses import consume, give_back
 
@@ -148,7 +148,7 @@ class GrantReader:
             replay_key = self._replay_key(caller, namespace, name, proof)
             expires = _parse_expiry(status.get("expiresAt"))
             until = expires.timestamp() if expires else time.time() + 3600
-            if not self.replays.first_use(replay_key, until):
+            if not self.replays.first_use(replay_key, until, issued_at=issued_at(caller, proof)):
                 raise replayed()
             try:
                 updated = consume(

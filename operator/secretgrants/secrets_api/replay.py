@@ -25,7 +25,7 @@ from secretgrants.secrets_api.authentication import Caller
 from secretgrants.secrets_api.operations import OPERATIONS, Operation
 from secretgrants.secrets_api.problems import Problem
 
-__all__ = ["ReplayCache", "replayed", "token_jti", "use_once"]
+__all__ = ["ReplayCache", "issued_at", "replayed", "token_jti", "use_once"]
 
 AFTER_EXPIRY_SECONDS: Final = 120
 """How long past its ``exp`` a token is remembered: more than any verifier's clock leeway."""
@@ -34,13 +34,36 @@ WITHOUT_EXPIRY_SECONDS: Final = 24 * 3600
 
 
 class ReplayCache:
-    """Identifiers used once, remembered until they could no longer be presented."""
+    """Identifiers used once, remembered until they could no longer be presented.
 
-    def __init__(self, max_entries: int = 200_000) -> None:
+    The memory is the process's: what was used before it started is not in it. So an
+    identifier whose token or proof was issued before then (``issued_at`` earlier than
+    ``not_before``, one second of clock rounding before the start) is refused as a
+    possible replay: a client presents a fresh token or proof, which it does per
+    request anyway. Identifiers issued in the last second before a restart could still
+    be presented once more.
+    """
+
+    def __init__(self, max_entries: int = 200_000, *, not_before: float | None = None) -> None:
         self._seen: dict[str, float] = {}
         self.max_entries = max_entries
+        self.not_before = (time.time() if not_before is None else not_before) - 1.0
 
-    def first_use(self, key: str, until: float, now_: float | None = None) -> bool:
+    def first_use(
+        self,
+        key: str,
+        until: float,
+        now_: float | None = None,
+        *,
+        issued_at: float | None = None,
+    ) -> bool:
+        if issued_at is not None and issued_at < self.not_before:
+            raise Problem(
+                403,
+                "Replay",
+                "this token or proof was issued before the operator started, so whether it "
+                "was used cannot be told; use a fresh one",
+            )
         current = time.time() if now_ is None else now_
         if len(self._seen) >= self.max_entries:
             self._seen = {k: v for k, v in self._seen.items() if v > current}
@@ -66,6 +89,16 @@ def replayed() -> Problem:
 def token_jti(caller: Caller) -> str | None:
     jti = caller.claims.get("jti")
     return jti if isinstance(jti, str) and jti else None
+
+
+def issued_at(caller: Caller, proof: DPoPProof | None) -> float | None:
+    """When the one-time identifier was issued: the proof's ``iat``, else the token's."""
+    if proof is not None:
+        return float(proof.iat)
+    iat = caller.claims.get("iat")
+    if isinstance(iat, int | float) and not isinstance(iat, bool):
+        return float(iat)
+    return None
 
 
 def _token_until(caller: Caller, current: float) -> float:
@@ -100,5 +133,5 @@ def use_once(
         if jti is None:
             return
         key, until = f"token/{caller.username}/{jti}", _token_until(caller, current)
-    if not replays.first_use(key, until, current):
+    if not replays.first_use(key, until, current, issued_at=issued_at(caller, proof)):
         raise replayed()

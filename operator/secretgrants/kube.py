@@ -337,14 +337,14 @@ class KubeClient:
         return dict(review.get("status") or {})
 
     async def list_pod_annotations(
-        self, namespace: str, label_selector: str
+        self, namespace: str, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         """Pods' metadata only (name and annotations), for reservation bookkeeping."""
         pods = await self._call(
             "GET",
             f"/api/v1/namespaces/{_name(namespace)}/pods",
             accept=f"{METADATA_LIST},application/json",
-            params={"labelSelector": label_selector},
+            params={"labelSelector": label_selector} if label_selector else None,
         )
         return [
             {

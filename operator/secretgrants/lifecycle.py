@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol, cast
 import kopf
 
 from secretgrants import tracing
-from secretgrants.admission import LABEL_INJECT, reservation_ids
+from secretgrants.admission import reservation_ids
 from secretgrants.api.common import now
 from secretgrants.api.grant import SecretGrantRequestSpec, WorkloadRef
 from secretgrants.audit import Effect as AuditEffect
@@ -123,9 +123,13 @@ SETTLE_INTERVAL_SECONDS = 2.0  # how often reserved uses are confirmed or given 
 
 
 async def settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
-    """Confirm uses that created pods carry; give back those no pod claimed in time."""
+    """Confirm uses that created pods carry; give back those no pod claimed in time.
+
+    Every pod of the namespace is listed (metadata only), not only those with the inject
+    label: a label can be taken off a running pod, and its use must stay counted.
+    """
     window = dt.timedelta(seconds=memo.config.reservation_window_seconds)
-    pods = await memo.kube.list_pod_annotations(namespace, f"{LABEL_INJECT}=true")
+    pods = await memo.kube.list_pod_annotations(namespace)
     seen = reservation_ids(pods, name)
     for _ in range(5):
         grant = await memo.kube.read_grant(namespace, name)

@@ -226,6 +226,8 @@ async def test_pods_are_listed_as_metadata_only(api: StubAPI, kube: KubeClient) 
     seen = api.seen[-1]
     assert seen.query == {"labelSelector": "secretgrants.io/inject=true"}
     assert seen.headers["Accept"].startswith("application/json;as=PartialObjectMetadataList")
+    assert len(await kube.list_pod_annotations("ns")) == 2
+    assert api.seen[-1].query == {}  # every pod of the namespace
 
 
 async def test_small_reads(api: StubAPI, kube: KubeClient) -> None:

@@ -273,8 +273,13 @@ class PodsStandIn(KubeStandIn):
         super().__init__()
         self.pods: list[dict[str, Any]] = []
 
-    async def list_pod_annotations(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return self.pods
+    async def list_pod_annotations(
+        self, namespace: str, selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        if selector is None:
+            return self.pods
+        key, _, value = selector.partition("=")  # as the apiserver filters by label
+        return [p for p in self.pods if (p["metadata"].get("labels") or {}).get(key) == value]
 
     async def replace_grant_status(
         self, namespace: str, obj: dict[str, Any]
@@ -358,3 +363,27 @@ async def test_a_renewal_retry_is_never_later_than_the_expiry(
     memo.kube.grants[(NS, "db")] = obj
     at = await t.tend((NS, "db"))
     assert at is not None and at - time.time() < 3.5  # the expiry, not now + 5 s
+
+
+async def test_a_use_stays_counted_when_its_pod_loses_the_inject_label(
+    memo: kopf.Memo, indexes: dict[str, Any]
+) -> None:
+    """Every pod is looked at, not only those with the inject label: taking the label
+    off a running pod must not make its use look unclaimed and give it back."""
+    memo.kube = PodsStandIn()
+    memo.config = type("Cfg", (), {"reservation_window_seconds": 30})()
+    t = tending(memo, indexes)
+    long_ago = rfc3339(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=60))  # past the window
+    obj = grant(expires_in=600)
+    obj["status"]["reservations"] = [
+        {"id": "kept", "reservedAt": long_ago},
+        {"id": "lost", "reservedAt": long_ago},
+    ]
+    obj["status"] |= {"usesConsumed": 2, "usesRemaining": 1}
+    memo.kube.grants[(NS, "db")] = obj
+    unlabelled = {"labels": {}, "annotations": {"secretgrants.io/reservations": "db=kept"}}
+    memo.kube.pods = [{"metadata": {"name": "p", **unlabelled}}]
+    await t.tend((NS, "db"))
+    (write,) = memo.kube.writes
+    assert write[2]["reservations"] == []  # "kept" confirmed, "lost" given back
+    assert (write[2]["usesConsumed"], write[2]["usesRemaining"]) == (1, 2)

@@ -6,11 +6,13 @@ For each named grant the mutating webhook checks that the grant is Granted,
 unexpired, has uses left and is bound to the pod's ServiceAccount, then
 injects one read-only projected volume per grant under
 ``/var/run/secretgrants/<grant>/`` (into the grant's ``delivery.containers``
-only, when it names some). The validating webhook denies any pod that mounts
-a delivery Secret directly under another ServiceAccount, any ephemeral
-container that reads one the pod was not admitted with, and any container
-outside a grant's ``delivery.containers`` that mounts or reads its delivery
-Secret, however the volume is named.
+only, when it names some). The validating
+webhook denies any pod that uses a delivery Secret without a use the
+mutating webhook reserved for it in the same request (or, for a grant
+without a use limit, while the grant is not live), any ephemeral container
+that reads one the pod was not created with, any container outside a
+grant's ``delivery.containers`` that mounts or reads its delivery Secret,
+however the volume is named.
 
 Everything here is pure: the webhook server reads the grants and Secrets and
 calls these. Messages name grants and ServiceAccounts, never secret paths.
@@ -32,21 +34,26 @@ from secretgrants.reasons import Phase
 __all__ = [
     "ANNOTATION_GRANTS",
     "ANNOTATION_RESERVATIONS",
+    "DRY_RUN_RESERVATION",
     "LABEL_INJECT",
     "MOUNT_ROOT",
     "AdmissionDenied",
     "GrantMount",
     "added_ephemeral_containers",
+    "admits",
     "check_delivery_containers",
+    "check_delivery_use",
     "check_ephemeral_use",
     "check_grant_for_pod",
     "container_secret_refs",
+    "delivered_secret",
     "delivery_containers",
     "direct_secret_mounts",
     "grant_mount",
-    "injected_grants",
     "injection_patch",
+    "metered",
     "mounted_secrets",
+    "pod_reservations",
     "pod_service_account",
     "requested_grants",
     "reservation_ids",
@@ -56,6 +63,7 @@ __all__ = [
 LABEL_INJECT = f"{GROUP}/inject"
 ANNOTATION_GRANTS = f"{GROUP}/grants"
 ANNOTATION_RESERVATIONS = f"{GROUP}/reservations"
+DRY_RUN_RESERVATION = "dry-run"  # the id a dry run writes: nothing is reserved
 MOUNT_ROOT = "/var/run/secretgrants"
 MAX_GRANTS_PER_POD = 16
 TOKEN_EXPIRATION_SECONDS = 600
@@ -184,6 +192,26 @@ def check_grant_for_pod(
         raise AdmissionDenied(
             "NotDelivered", f"SecretGrantRequest {name!r} has no delivery Secret yet"
         )
+
+
+def admits(name: str, grant: Mapping[str, Any], service_account: str, at: dt.datetime) -> bool:
+    """Whether ``check_grant_for_pod`` lets the pod use the grant."""
+    try:
+        check_grant_for_pod(name, grant, service_account, at)
+    except AdmissionDenied:
+        return False
+    return True
+
+
+def metered(grant: Mapping[str, Any]) -> bool:
+    """Whether the grant has a use limit (maxUses, or the PDP's max_uses): only then is
+    each admitted pod counted on the grant's status."""
+    return (grant.get("status") or {}).get("usesRemaining") is not None
+
+
+def delivered_secret(grant: Mapping[str, Any]) -> str | None:
+    """The name of the grant's delivery Secret, once it has one."""
+    return ((grant.get("status") or {}).get("delivery") or {}).get("secretName")
 
 
 def grant_mount(name: str, grant: Mapping[str, Any], audience: str | None) -> GrantMount:
@@ -321,10 +349,93 @@ def reservation_ids(pods: Iterable[Mapping[str, Any]], grant: str) -> set[str]:
     return found
 
 
-def injected_grants(pod: Mapping[str, Any]) -> set[str]:
-    """The grants the mutating webhook mounted in ``pod`` (its reservations annotation)."""
-    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_RESERVATIONS)
-    return {part.partition("=")[0].strip() for part in str(raw or "").split(",")} - {""}
+def _reservations_annotation(pod: Mapping[str, Any] | None) -> str | None:
+    raw = (((pod or {}).get("metadata") or {}).get("annotations") or {}).get(
+        ANNOTATION_RESERVATIONS
+    )
+    return None if raw is None else str(raw)
+
+
+def pod_reservations(pod: Mapping[str, Any]) -> dict[str, str]:
+    """The reservation id per grant that ``pod`` carries (its reservations annotation).
+
+    The annotation is evidence only together with the grant's status: the mutating
+    webhook writes it, but whoever creates a pod can write it too.
+    """
+    found: dict[str, str] = {}
+    for part in (_reservations_annotation(pod) or "").split(","):
+        name, _, rid = part.partition("=")
+        if name.strip():
+            found.setdefault(name.strip(), rid.strip())
+    return found
+
+
+def _pending(grant: Mapping[str, Any], rid: str) -> bool:
+    reservations = (grant.get("status") or {}).get("reservations") or []
+    return bool(rid) and any(r.get("id") == rid for r in reservations)
+
+
+def check_delivery_use(
+    name: str,
+    grant: Mapping[str, Any],
+    secret_name: str,
+    pod: Mapping[str, Any],
+    at: dt.datetime,
+    *,
+    dry_run: bool = False,
+) -> None:
+    """Raise AdmissionDenied unless a pod being created may use ``grant``'s delivery Secret.
+
+    The validating webhook sees the pod after the mutating webhook, in the same
+    request. The pod must run as the bound ServiceAccount,
+    carry the inject label (so the mutating webhook saw it, and wrote its reservations
+    annotation over any the author wrote) and that annotation must name the grant.
+    For a grant with a use limit,
+    the reservation id must be one the grant's status holds as pending: the mutating
+    webhook reserved it moments ago (a made-up id, or the id of a pod whose use was
+    confirmed already, is not). A dry run reserves nothing and writes
+    ``DRY_RUN_RESERVATION``, accepted on a dry run only, for a live grant. A grant
+    without a use limit reserves nothing either: it must be live (Granted, unexpired).
+    So an ended grant's Secret (it may hold data until it is blanked) is never used
+    through an annotation the pod's author wrote.
+    """
+    service_account = pod_service_account(pod)
+    bound = ((grant.get("status") or {}).get("binding") or {}).get("serviceAccountName")
+    if bound != service_account:
+        raise AdmissionDenied(
+            "ServiceAccountMismatch",
+            f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}, which is "
+            f"bound to another ServiceAccount; the pod runs as {service_account!r}",
+            grant=name,
+        )
+    reservations = pod_reservations(pod)
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    if name not in reservations or labels.get(LABEL_INJECT) != "true":
+        raise AdmissionDenied(
+            "DirectMountNotAllowed",
+            f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}: request it "
+            "with the secretgrants.io/grants annotation and the secretgrants.io/inject "
+            "label so the use is checked and counted, instead of mounting it directly",
+            grant=name,
+        )
+    rid = reservations[name]
+    if metered(grant) and not (dry_run and rid == DRY_RUN_RESERVATION):
+        if not _pending(grant, rid):
+            raise AdmissionDenied(
+                "DirectMountNotAllowed",
+                f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}, and no use "
+                f"of it was reserved for this pod by the admission ({ANNOTATION_RESERVATIONS} "
+                f"names {rid[:32]!r}, which the grant does not hold as pending): request it "
+                "with the secretgrants.io/grants annotation and the secretgrants.io/inject "
+                "label so the use is checked and counted",
+                grant=name,
+            )
+        return  # the use this request reserved: whatever the grant's phase became with it
+    try:
+        check_grant_for_pod(name, grant, service_account, at)
+    except AdmissionDenied as denied:
+        denied.grant = name
+        raise
 
 
 def container_secret_refs(containers: Iterable[Mapping[str, Any]]) -> set[str]:
@@ -401,20 +512,23 @@ def check_ephemeral_use(
     name: str,
     grant: Mapping[str, Any],
     secret_name: str,
-    service_account: str,
-    injected: set[str],
+    pod: Mapping[str, Any],
     at: dt.datetime,
 ) -> None:
     """Raise AdmissionDenied unless an ephemeral container may read ``grant``'s delivery Secret.
 
     An ephemeral container joins a pod that was admitted already: it may read, through
-    ``env`` or ``envFrom``, the delivery Secret of a grant that the mutating webhook
-    mounted in that pod (same pod, same ServiceAccount, the use already counted), and
-    only while the grant is live. Mounting the pod's existing volumes is not judged
-    here (they are the pod's own, admitted with it), but a grant that names its
-    ``delivery.containers`` keeps an ephemeral container outside that list from both
-    mounting and reading: see ``check_delivery_containers``.
+    ``env`` or ``envFrom``, the delivery Secret of a grant that was mounted in that pod
+    at creation (same pod, same ServiceAccount, the use already counted), and only
+    while the grant is live. "Mounted at creation" is read from ``spec.volumes``, which
+    cannot change after creation and which the validating webhook checked then (a volume
+    carrying the Secret), never from annotations, which the pod's owner may edit.
+    Mounting the pod's existing volumes is not judged here (they are the pod's own,
+    admitted with it), but a grant that names its ``delivery.containers`` keeps an
+    ephemeral container outside that list from both mounting and reading: see
+    ``check_delivery_containers``.
     """
+    service_account = pod_service_account(pod)
     status = grant.get("status") or {}
     bound = (status.get("binding") or {}).get("serviceAccountName")
     if bound != service_account:
@@ -425,12 +539,13 @@ def check_ephemeral_use(
             f"the pod runs as {service_account!r}",
             grant=name,
         )
-    if name not in injected:
+    if not any(secret_name in carried for carried in _carriers(pod).values()):
         raise AdmissionDenied(
             "EphemeralUseNotAllowed",
             f"an ephemeral container may not read Secret {secret_name!r}: it delivers "
-            f"SecretGrantRequest {name!r}, which this pod was not admitted with; an "
-            "ephemeral container may read only the grants mounted in its pod at creation",
+            f"SecretGrantRequest {name!r}, which this pod was not admitted with (none of "
+            "its volumes carries that Secret); an ephemeral container may read only the "
+            "grants mounted in its pod at creation",
             grant=name,
         )
     phase = status.get("phase") or Phase.PENDING.value

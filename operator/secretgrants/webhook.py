@@ -3,7 +3,8 @@
 ``/mutate-pods`` checks each grant a pod names, reserves one use per grant
 (compare-and-swap on the grant status), and injects the volumes.
 ``/validate-pods`` refuses pods that use a delivery Secret the admission did
-not hand them, or in a container outside the grant's ``delivery.containers``,
+not hand them (for a grant with a use limit: without a use reserved in the
+grant's status), or in a container outside the grant's ``delivery.containers``,
 at creation and when ephemeral containers are added (an UPDATE of
 ``pods/ephemeralcontainers``). Decisions live in ``admission`` and ``uses``;
 this module reads, retries and answers AdmissionReviews.
@@ -30,17 +31,21 @@ from aiohttp import web
 
 from secretgrants import tracing
 from secretgrants.admission import (
+    DRY_RUN_RESERVATION,
     AdmissionDenied,
     GrantMount,
     added_ephemeral_containers,
+    admits,
     check_delivery_containers,
+    check_delivery_use,
     check_ephemeral_use,
     check_grant_for_pod,
     container_secret_refs,
+    delivered_secret,
     direct_secret_mounts,
     grant_mount,
-    injected_grants,
     injection_patch,
+    metered,
     mounted_secrets,
     pod_service_account,
     requested_grants,
@@ -61,7 +66,6 @@ __all__ = ["PodAdmission", "ServingCert", "WebhookServer", "serving_cert"]
 log = logging.getLogger("secretgrants.webhook")
 
 MAX_CAS_ATTEMPTS = 60
-DRY_RUN_RESERVATION = "dry-run"
 EPHEMERAL_ADMITTED: Final = "EphemeralContainerAdmitted"  # the reason of its pod_admitted record
 
 
@@ -260,7 +264,7 @@ class PodAdmission:
             for name in names:
                 rid = uuid.uuid4().hex[:16]
                 injected[name] = rid
-                if not _metered(grants[name]):
+                if not metered(grants[name]):
                     continue  # no use limit: nothing to count, no write (the pod is audited)
                 await self._reserve(namespace, name, rid, service_account, correlation_id)
                 reserved[name] = rid
@@ -280,7 +284,7 @@ class PodAdmission:
     ) -> dict[str, Any] | None:
         """The kept copy when it admits the pod; otherwise what the API says now."""
         kept = self.reads.get(namespace, name)
-        if kept is not None and _admits(name, kept, service_account, at):
+        if kept is not None and admits(name, kept, service_account, at):
             return kept
         return await self._read(namespace, name)
 
@@ -416,12 +420,12 @@ class PodAdmission:
                 unresolved.add(secret_name)
                 continue
             grant = self.reads.get(namespace, guess) or await self._read(namespace, guess)
-            if grant is not None and _delivered(grant) == secret_name:
+            if grant is not None and delivered_secret(grant) == secret_name:
                 found.append((grant, secret_name))
         if any(len(n) > 240 for n in unresolved):  # grant names longer than 230 characters
             for grant in await self.store.list_grants(namespace):
-                if _delivered(grant) in unresolved:
-                    found.append((grant, str(_delivered(grant))))
+                if delivered_secret(grant) in unresolved:
+                    found.append((grant, str(delivered_secret(grant))))
         return found
 
     async def validate(
@@ -433,12 +437,13 @@ class PodAdmission:
         correlation_id: str | None = None,
     ) -> None:
         """Refuse (and audit) a pod that uses a delivery Secret the mutating webhook did not
-        give it, or in a container outside the grant's ``delivery.containers``."""
-        service_account = pod_service_account(pod)
-        injected = injected_grants(pod)
+        give it in this request, or in a container outside the grant's
+        ``delivery.containers``. A refusal on a kept copy of the grant is made again on a
+        fresh read (the copy may predate the use reserved moments ago)."""
+        at = now()
 
         def check(name: str, grant: Mapping[str, Any], secret_name: str) -> None:
-            _check_mount(name, grant, secret_name, service_account, injected)
+            check_delivery_use(name, grant, secret_name, pod, at, dry_run=dry_run)
             check_delivery_containers(name, grant, secret_name, pod)
 
         await self._audited(
@@ -464,15 +469,13 @@ class PodAdmission:
         both out of containers not in that list. Each grant an added container is allowed
         to mount or read is audited as ``pod_admitted`` (except on a dry run).
         """
-        service_account = pod_service_account(pod)
-        injected = injected_grants(pod)
         added = added_ephemeral_containers(pod, old_pod)
         read = container_secret_refs(added)
         at = now()
 
         def check(name: str, grant: Mapping[str, Any], secret_name: str) -> None:
             if secret_name in read:
-                check_ephemeral_use(name, grant, secret_name, service_account, injected, at)
+                check_ephemeral_use(name, grant, secret_name, pod, at)
             check_delivery_containers(name, grant, secret_name, pod, added=added)
 
         used = read | mounted_secrets(pod, added)
@@ -480,7 +483,7 @@ class PodAdmission:
         if dry_run or not allowed:
             return
         for name, grant in allowed.items():
-            users = ", ".join(map(repr, secret_users(pod, added, str(_delivered(grant)))))
+            users = ", ".join(map(repr, secret_users(pod, added, str(delivered_secret(grant)))))
             await self._audit_pod(
                 EventType.POD_ADMITTED,
                 AuditEffect.PERMIT,
@@ -535,63 +538,12 @@ class PodAdmission:
                 check(name, grant, secret_name)
             except AdmissionDenied:
                 fresh = await self._read(namespace, name)  # refuse only on what the API says now
-                if fresh is None or _delivered(fresh) != secret_name:
+                if fresh is None or delivered_secret(fresh) != secret_name:
                     continue
                 grants[name] = fresh
                 check(name, fresh, secret_name)
             passed[name] = grants[name]
         return passed
-
-
-def _check_mount(
-    name: str,
-    grant: Mapping[str, Any],
-    secret_name: str,
-    service_account: str,
-    injected: set[str],
-) -> None:
-    """Refuse a pod's use of a grant's delivery Secret that the mutating webhook did not make."""
-    bound = ((grant.get("status") or {}).get("binding") or {}).get("serviceAccountName")
-    if bound != service_account:
-        raise AdmissionDenied(
-            "ServiceAccountMismatch",
-            f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}, which is "
-            f"bound to another ServiceAccount; the pod runs as {service_account!r}",
-            grant=name,
-        )
-    if name not in injected:
-        raise AdmissionDenied(
-            "DirectMountNotAllowed",
-            f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}: request it "
-            "with the secretgrants.io/grants annotation and the secretgrants.io/inject "
-            "label so the use is checked and counted, instead of mounting it directly",
-            grant=name,
-        )
-
-
-def _admits(name: str, grant: Mapping[str, Any], service_account: str, at: dt.datetime) -> bool:
-    try:
-        check_grant_for_pod(name, grant, service_account, at)
-    except AdmissionDenied:
-        return False
-    return True
-
-
-def _metered(grant: Mapping[str, Any]) -> bool:
-    """Whether the grant has a use limit (maxUses, or the PDP's max_uses): only then is
-    each admitted pod counted on the grant's status."""
-    return (grant.get("status") or {}).get("usesRemaining") is not None
-
-
-def _delivered(grant: Mapping[str, Any]) -> str | None:
-    return ((grant.get("status") or {}).get("delivery") or {}).get("secretName")
-
-
-def _requested(pod: Mapping[str, Any]) -> list[str]:
-    try:
-        return requested_grants(pod)
-    except AdmissionDenied:
-        return []
 
 
 def _review_response(uid: str, *, patch: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -680,30 +632,21 @@ class WebhookServer:
             "generateName", "?"
         )
         tracing.annotate(grant_namespace=namespace)
+        dry_run, old = bool(req.get("dryRun")), req.get("oldObject")
+        adm = self.admission
         try:
+            patch = None
             if mutate:
-                patch = await self.admission.mutate(
-                    pod, namespace, dry_run=bool(req.get("dryRun")), correlation_id=uid
-                )
-                body = _review_response(uid, patch=patch)
-                tracing.annotate(allowed=True)
+                patch = await adm.mutate(pod, namespace, dry_run=dry_run, correlation_id=uid)
                 log.info("pod %s/%s admitted with its grants", namespace, pod_name)
             elif ephemeral:
-                await self.admission.validate_ephemeral(
-                    pod,
-                    req.get("oldObject"),
-                    namespace,
-                    dry_run=bool(req.get("dryRun")),
-                    correlation_id=uid,
+                await adm.validate_ephemeral(
+                    pod, old, namespace, dry_run=dry_run, correlation_id=uid
                 )
-                body = _review_response(uid)
-                tracing.annotate(allowed=True)
             else:
-                await self.admission.validate(
-                    pod, namespace, dry_run=bool(req.get("dryRun")), correlation_id=uid
-                )
-                body = _review_response(uid)
-                tracing.annotate(allowed=True)
+                await adm.validate(pod, namespace, dry_run=dry_run, correlation_id=uid)
+            body = _review_response(uid, patch=patch)
+            tracing.annotate(allowed=True)
         except AdmissionDenied as denied:
             log.info("pod %s/%s denied: %s", namespace, pod_name, denied.reason)
             tracing.annotate(allowed=False, reason=denied.reason)

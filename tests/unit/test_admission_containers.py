@@ -17,6 +17,7 @@ import pytest
 
 from secretgrants.admission import (
     ANNOTATION_RESERVATIONS,
+    LABEL_INJECT,
     AdmissionDenied,
     check_delivery_containers,
     delivery_containers,
@@ -43,9 +44,14 @@ def restricted(*containers: str) -> dict[str, Any]:
 
 
 def injected_pod(grant: dict[str, Any], sidecar: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A pod with containers ``app`` and ``sidecar`` as the mutating webhook leaves it."""
+    """A pod with containers ``app`` and ``sidecar`` as the mutating webhook leaves it
+    (``db`` has no use limit: nothing was reserved)."""
     pod: dict[str, Any] = {
-        "metadata": {"name": "p", "annotations": {ANNOTATION_RESERVATIONS: "db=abc"}},
+        "metadata": {
+            "name": "p",
+            "labels": {LABEL_INJECT: "true"},
+            "annotations": {ANNOTATION_RESERVATIONS: "db=abc"},
+        },
         "spec": {
             "serviceAccountName": "app",
             "containers": [{"name": "app"}, {"name": "sidecar", **(sidecar or {})}],

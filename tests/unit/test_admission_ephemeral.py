@@ -1,9 +1,11 @@
 """Ephemeral containers (an UPDATE of pods/ephemeralcontainers) and the validating webhook.
 
-What goes in: a pod admitted (or not) with grant ``db``, and the same pod with
+What goes in: a pod admitted (or not) with grant ``db`` (a volume carrying its
+delivery Secret, as the mutating webhook injects it), and the same pod with
 ephemeral containers added. What is asserted: the pure decision
-(``admission.check_ephemeral_use``), which containers count as added, the
-webhook's dispatch of such reviews, and the configuration that asks for them.
+(``admission.check_ephemeral_use``), that it rests on the pod's volumes and
+never on its annotations, which containers count as added, the webhook's
+dispatch of such reviews, and the configuration that asks for them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from secretgrants.admission import (
     added_ephemeral_containers,
     check_ephemeral_use,
     container_secret_refs,
-    injected_grants,
+    pod_reservations,
 )
 from secretgrants.audit import Auditor, MemorySink
 from secretgrants.delivery import delivery_secret_name
@@ -34,58 +36,81 @@ BY_ENV_FROM = {"envFrom": [{"secretRef": {"name": SECRET}}]}
 
 
 def a_pod(
-    sa: str = "app", injected: str | None = "db=abc", *debug: dict[str, Any]
+    sa: str = "app",
+    carried: str | None = SECRET,
+    *debug: dict[str, Any],
+    annotation: str | None = None,
 ) -> dict[str, Any]:
-    """A created pod running as ``sa``, with ephemeral containers ``debug``."""
-    annotations = {ANNOTATION_RESERVATIONS: injected} if injected else {}
+    """A created pod running as ``sa``, whose volume ``sg-db`` carries Secret ``carried``
+    (none when None), annotated ``secretgrants.io/reservations: annotation``, with
+    ephemeral containers ``debug``."""
+    annotations = {ANNOTATION_RESERVATIONS: annotation} if annotation else {}
     spec: dict[str, Any] = {"serviceAccountName": sa, "containers": [{"name": "app"}]}
+    if carried:
+        spec["volumes"] = [
+            {"name": "sg-db", "projected": {"sources": [{"secret": {"name": carried}}]}}
+        ]
     if debug:
         spec["ephemeralContainers"] = [{"name": f"dbg{i}", **c} for i, c in enumerate(debug)]
     return {"metadata": {"name": "p", "namespace": NS, "annotations": annotations}, "spec": spec}
 
 
 def test_an_ephemeral_container_may_read_its_pods_own_live_grant() -> None:
-    check_ephemeral_use("db", a_grant(), SECRET, "app", {"db"}, AT)
+    check_ephemeral_use("db", a_grant(), SECRET, a_pod(), AT)
     # Exhausted is live: the pod holds one of the uses, and keeps its value.
-    check_ephemeral_use(
-        "db", a_grant(phase="Exhausted", usesRemaining=0), SECRET, "app", {"db"}, AT
-    )
+    check_ephemeral_use("db", a_grant(phase="Exhausted", usesRemaining=0), SECRET, a_pod(), AT)
+    # Any volume carrying the Secret, whatever its name (the validating webhook checked it).
+    direct = a_pod(carried=None)
+    direct["spec"]["volumes"] = [{"name": "mine", "secret": {"secretName": SECRET}}]
+    check_ephemeral_use("db", a_grant(), SECRET, direct, AT)
 
 
 @pytest.mark.parametrize(
-    ("grant", "sa", "injected", "reason", "words"),
+    ("grant", "pod", "reason", "words"),
     [
-        (a_grant(), "other", {"db"}, "ServiceAccountMismatch", "bound to another ServiceAccount"),
-        (a_grant(), "app", set(), "EphemeralUseNotAllowed", "was not admitted with"),
-        (a_grant(), "app", {"api"}, "EphemeralUseNotAllowed", "was not admitted with"),
-        (a_grant(phase="Revoked"), "app", {"db"}, "GrantNotGranted", "is Revoked, not Granted"),
-        (a_grant(phase="Expired"), "app", {"db"}, "GrantExpired", "has expired"),
-        (a_grant(expiresAt="2000-01-01T00:00:00Z"), "app", {"db"}, "GrantExpired", "has expired"),
+        (a_grant(), a_pod("other"), "ServiceAccountMismatch", "bound to another ServiceAccount"),
+        (a_grant(), a_pod(carried=None), "EphemeralUseNotAllowed", "was not admitted with"),
+        (
+            a_grant(),
+            a_pod(carried=delivery_secret_name("api")),
+            "EphemeralUseNotAllowed",
+            "none of its volumes carries that Secret",
+        ),
+        (  # the annotation is the pod owner's to write: it proves nothing
+            a_grant(),
+            a_pod(carried=None, annotation="db=abc"),
+            "EphemeralUseNotAllowed",
+            "was not admitted with",
+        ),
+        (a_grant(phase="Revoked"), a_pod(), "GrantNotGranted", "is Revoked, not Granted"),
+        (a_grant(phase="Expired"), a_pod(), "GrantExpired", "has expired"),
+        (a_grant(expiresAt="2000-01-01T00:00:00Z"), a_pod(), "GrantExpired", "has expired"),
     ],
 )
 def test_other_uses_are_refused_with_a_reason(
-    grant: dict[str, Any], sa: str, injected: set[str], reason: str, words: str
+    grant: dict[str, Any], pod: dict[str, Any], reason: str, words: str
 ) -> None:
     with pytest.raises(AdmissionDenied) as err:
-        check_ephemeral_use("db", grant, SECRET, sa, injected, AT)
+        check_ephemeral_use("db", grant, SECRET, pod, AT)
     assert err.value.reason == reason and err.value.grant == "db"
     assert words in err.value.message and "ephemeral container" in err.value.message
 
 
 def test_only_added_containers_count_and_only_their_env() -> None:
-    old = a_pod("app", "db=abc", BY_ENV)
-    new = a_pod("app", "db=abc", BY_ENV, {"volumeMounts": [{"name": "sg-db", "mountPath": "/m"}]})
+    old = a_pod("app", SECRET, BY_ENV)
+    new = a_pod("app", SECRET, BY_ENV, {"volumeMounts": [{"name": "sg-db", "mountPath": "/m"}]})
     assert added_ephemeral_containers(new, old) == [new["spec"]["ephemeralContainers"][1]]
     assert container_secret_refs(added_ephemeral_containers(new, old)) == set()
     assert added_ephemeral_containers(new, None) == new["spec"]["ephemeralContainers"]
-    changed = a_pod("app", "db=abc", BY_ENV_FROM)
+    changed = a_pod("app", SECRET, BY_ENV_FROM)
     changed["spec"]["ephemeralContainers"][0]["name"] = "dbg0"  # same name, other content
     assert container_secret_refs(added_ephemeral_containers(changed, old)) == {SECRET}
 
 
-def test_injected_grants_are_read_from_the_reservations() -> None:
-    assert injected_grants(a_pod(injected="db=abc, api=def")) == {"db", "api"}
-    assert injected_grants(a_pod(injected=None)) == set()
+def test_pod_reservations_are_read_per_grant() -> None:
+    assert pod_reservations(a_pod(annotation="db=abc, api=def,")) == {"db": "abc", "api": "def"}
+    assert pod_reservations(a_pod(annotation="db")) == {"db": ""}
+    assert pod_reservations(a_pod()) == {}
 
 
 async def test_validate_ephemeral_checks_the_added_containers_against_the_api() -> None:
@@ -96,15 +121,27 @@ async def test_validate_ephemeral_checks_the_added_containers_against_the_api() 
         await adm.validate_ephemeral(a_pod("other", None, BY_ENV), before, NS)
     assert err.value.reason == "ServiceAccountMismatch"
     await adm.validate_ephemeral(a_pod("other", None, {}), before, NS)  # no delivery Secret
-    await adm.validate_ephemeral(a_pod("app", "db=abc", BY_ENV_FROM), a_pod(), NS)
+    await adm.validate_ephemeral(a_pod("app", SECRET, BY_ENV_FROM), a_pod(), NS)
     # Already there: not judged again, even though the grant is no longer live.
     store.grants["db"] = a_grant(phase="Revoked")
     adm.reads.forget(NS, "db")
-    old = a_pod("app", "db=abc", BY_ENV)
-    await adm.validate_ephemeral(a_pod("app", "db=abc", BY_ENV, {}), old, NS)
+    old = a_pod("app", SECRET, BY_ENV)
+    await adm.validate_ephemeral(a_pod("app", SECRET, BY_ENV, {}), old, NS)
     with pytest.raises(AdmissionDenied) as err:
-        await adm.validate_ephemeral(a_pod("app", "db=abc", BY_ENV, BY_ENV), old, NS)
+        await adm.validate_ephemeral(a_pod("app", SECRET, BY_ENV, BY_ENV), old, NS)
     assert err.value.reason == "GrantNotGranted"
+
+
+async def test_a_forged_annotation_does_not_let_an_ephemeral_container_read_the_grant() -> None:
+    """A pod created without the grant, whose owner wrote the reservations annotation
+    afterwards (pod metadata can be edited): its volumes say it was not admitted with it."""
+    adm = admission(CountingStore(a_grant()))
+    before = a_pod("app", None, annotation="db=0123456789abcdef")
+    with pytest.raises(AdmissionDenied) as err:
+        await adm.validate_ephemeral(
+            a_pod("app", None, BY_ENV, annotation="db=0123456789abcdef"), before, NS
+        )
+    assert err.value.reason == "EphemeralUseNotAllowed"
 
 
 def review(operation: str, pod: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:

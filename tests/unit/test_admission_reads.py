@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from secretgrants.admission import ANNOTATION_RESERVATIONS, AdmissionDenied
+from secretgrants.admission import ANNOTATION_RESERVATIONS, LABEL_INJECT, AdmissionDenied
 from secretgrants.delivery import delivery_secret_name
 from secretgrants.grant_reads import GrantReads
 from secretgrants.webhook import PodAdmission
@@ -106,15 +106,33 @@ async def test_a_grant_with_a_use_limit_counts_each_pod() -> None:
     assert err.value.reason == "UsesExhausted"
 
 
+def reservations(patch: list[dict[str, Any]]) -> str:
+    """The reservations annotation the mutating webhook's ``patch`` writes."""
+    path = "/metadata/annotations/" + ANNOTATION_RESERVATIONS.replace("/", "~1")
+    return str(next(op["value"] for op in patch if op["path"] == path))
+
+
+def mounted(
+    annotation: str | None, sa: str = "app", grant: str = "db", *, inject: bool = True
+) -> dict[str, Any]:
+    """A pod that uses ``grant``'s delivery Secret (a ``secret`` volume), annotated with
+    ``annotation`` as its reservations, with the inject label (or not), as the validating
+    webhook sees it."""
+    pod = a_pod(grant, sa=sa)
+    if inject:
+        pod["metadata"]["labels"] = {LABEL_INJECT: "true"}
+    if annotation is not None:
+        pod["metadata"]["annotations"][ANNOTATION_RESERVATIONS] = annotation
+    pod["spec"]["volumes"] = [{"name": "v", "secret": {"secretName": delivery_secret_name(grant)}}]
+    return pod
+
+
 async def test_kept_copies_serve_the_next_pods_and_the_validating_webhook() -> None:
     store = CountingStore(a_grant())
     adm = admission(store)
     for _ in range(5):
-        await adm.mutate(a_pod(), NS, dry_run=False)
-    mounted = a_pod()
-    mounted["metadata"]["annotations"][ANNOTATION_RESERVATIONS] = "db=abc"
-    mounted["spec"]["volumes"] = [{"name": "v", "secret": {"secretName": delivery_secret_name("db")}}]
-    await adm.validate(mounted, NS)
+        patch = await adm.mutate(a_pod(), NS, dry_run=False)
+    await adm.validate(mounted(reservations(patch)), NS)
     assert store.reads == 1 and store.writes == 0
 
 
@@ -141,16 +159,11 @@ async def test_the_validating_webhook_refuses_only_on_a_fresh_read() -> None:
     adm = admission(store)
     with pytest.raises(AdmissionDenied):
         await adm.mutate(a_pod(), NS, dry_run=False)  # keeps the "old" copy
-    store.grants["db"] = a_grant()
-    mounted = a_pod()
-    mounted["metadata"]["annotations"][ANNOTATION_RESERVATIONS] = "db=abc"
-    mounted["spec"]["volumes"] = [{"name": "v", "secret": {"secretName": delivery_secret_name("db")}}]
-    await adm.validate(mounted, NS)
+    store.grants["db"] = a_grant()  # rebound to "app" since; the kept copy says "old"
+    await adm.validate(mounted("db=r"), NS)  # no use limit: no reservation to find
     assert store.reads == 2
-    wrong = a_pod(sa="intruder")
-    wrong["spec"]["volumes"] = mounted["spec"]["volumes"]
     with pytest.raises(AdmissionDenied) as err:
-        await adm.validate(wrong, NS)
+        await adm.validate(mounted(None, sa="intruder"), NS)
     assert err.value.reason == "ServiceAccountMismatch"
 
 

@@ -1,0 +1,162 @@
+"""A pod uses a delivery Secret only through a use the admission reserved for it.
+
+What goes in: grant ``db`` (with and without a use limit, live and ended), pods
+that went through the mutating webhook and pods whose author wrote the
+``secretgrants.io/reservations`` annotation themselves (a pod without the inject
+label never meets the mutating webhook), over the stand-in GrantStore of
+``test_admission_reads``. What is asserted: the validating webhook
+(``PodAdmission.validate``) accepts a grant with a use limit only with a
+reservation the grant's status holds as pending, a grant without one only while
+it is live; and dry runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from secretgrants.admission import (
+    DRY_RUN_RESERVATION,
+    AdmissionDenied,
+)
+from secretgrants.uses import settle
+from tests.unit.test_admission_reads import (
+    NS,
+    CountingStore,
+    a_grant,
+    a_pod,
+    admission,
+    mounted,
+    reservations,
+)
+
+PAST = "2000-01-01T00:00:00Z"
+
+
+def refused(reason: str, err: pytest.ExceptionInfo[AdmissionDenied]) -> str:
+    assert err.value.reason == reason, err.value.message
+    assert err.value.grant == "db"
+    return err.value.message
+
+
+async def test_a_forged_annotation_on_a_pod_the_mutating_webhook_never_saw_is_refused() -> None:
+    """No inject label, so no mutating webhook: the pod's author wrote the annotation
+    and mounted the delivery Secret themselves. Nothing was reserved or counted."""
+    for grant in (a_grant(usesRemaining=2), a_grant()):  # with and without a use limit
+        store = CountingStore(grant)
+        with pytest.raises(AdmissionDenied) as err:
+            await admission(store).validate(mounted("db=anything", inject=False), NS)
+        assert "instead of mounting it directly" in refused("DirectMountNotAllowed", err)
+        assert store.writes == 0 and store.grants["db"]["status"]["usesConsumed"] == 0
+
+
+@pytest.mark.parametrize("rid", ["anything", "", DRY_RUN_RESERVATION, "0123456789abcdef"])
+async def test_a_made_up_reservation_of_a_grant_with_a_use_limit_is_refused(rid: str) -> None:
+    """Even with the inject label (say another mutating webhook wrote the annotation after
+    ours), an id the grant does not hold as pending was not reserved by the admission."""
+    store = CountingStore(a_grant(usesRemaining=2))
+    with pytest.raises(AdmissionDenied) as err:
+        await admission(store).validate(mounted(f"db={rid}"), NS)
+    message = refused("DirectMountNotAllowed", err)
+    assert "no use of it was reserved for this pod by the admission" in message
+    assert store.writes == 0 and store.grants["db"]["status"]["usesConsumed"] == 0
+
+
+@pytest.mark.parametrize("max_age", [5.0, 0.0], ids=["kept-copy", "fresh-reads"])
+async def test_the_use_the_mutating_webhook_reserved_admits_the_pod(max_age: float) -> None:
+    store = CountingStore(a_grant(usesRemaining=1))
+    adm = admission(store, max_age=max_age)
+    patch = await adm.mutate(a_pod(), NS, dry_run=False)
+    status = store.grants["db"]["status"]
+    assert status["phase"] == "Exhausted"  # this pod took the last use: it is still admitted
+    await adm.validate(mounted(reservations(patch)), NS)
+
+
+async def test_a_kept_copy_older_than_the_reservation_is_read_again() -> None:
+    store = CountingStore(a_grant(usesRemaining=2))
+    adm = admission(store)
+    before = store.grants["db"]
+    patch = await adm.mutate(a_pod(), NS, dry_run=False)
+    adm.reads.put(NS, "db", before)  # a copy from before the reservation
+    reads = store.reads
+    await adm.validate(mounted(reservations(patch)), NS)
+    assert store.reads == reads + 1
+
+
+@pytest.mark.parametrize("max_uses", [2, 1])
+async def test_a_confirmed_reservation_does_not_admit_a_second_pod(max_uses: int) -> None:
+    """Once the operator found the first pod (the use confirmed, no longer pending), its
+    reservation id, copied onto another pod, admits nothing."""
+    store = CountingStore(a_grant(usesRemaining=max_uses))
+    adm = admission(store)
+    annotation = reservations(await adm.mutate(a_pod(), NS, dry_run=False))
+    await adm.validate(mounted(annotation), NS)
+    grant = store.grants["db"]
+    rid = annotation.partition("=")[2]
+    settled = settle(grant["status"], {rid}, window=dt.timedelta(seconds=30), generation=1)
+    assert settled is not None and settled["reservations"] == []
+    assert await store.replace_grant_status(NS, {**grant, "status": settled})
+    adm.reads.forget(NS, "db")
+    with pytest.raises(AdmissionDenied) as err:
+        await adm.validate(mounted(annotation), NS)
+    refused("DirectMountNotAllowed", err)
+    assert store.grants["db"]["status"]["usesConsumed"] == 1
+
+
+async def test_the_grant_must_be_named_by_the_annotation() -> None:
+    store = CountingStore(a_grant(usesRemaining=2))
+    adm = admission(store)
+    annotation = reservations(await adm.mutate(a_pod(), NS, dry_run=False))
+    other = annotation.replace("db=", "api=")
+    for pod in (mounted(None), mounted(other)):
+        with pytest.raises(AdmissionDenied) as err:
+            await adm.validate(pod, NS)
+        assert "instead of mounting it directly" in refused("DirectMountNotAllowed", err)
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        ({"phase": "Exhausted"}, "UsesExhausted"),
+        ({"phase": "Expired"}, "GrantExpired"),
+        ({"expiresAt": PAST}, "GrantExpired"),
+        ({"phase": "Revoked"}, "GrantNotGranted"),
+        ({"phase": "Denied"}, "GrantNotGranted"),
+        ({"phase": "Exhausted", "usesRemaining": 0}, "DirectMountNotAllowed"),
+    ],
+)
+async def test_an_ended_grants_secret_is_refused_through_a_forged_annotation(
+    status: dict[str, Any], reason: str
+) -> None:
+    """An ended grant's Secret may still hold data until it is blanked: never mounted
+    but through a use reserved in the same request (with or without a use limit)."""
+    store = CountingStore(a_grant(**status))
+    with pytest.raises(AdmissionDenied) as err:
+        await admission(store).validate(mounted("db=anything"), NS)
+    refused(reason, err)
+    assert store.reads == 2  # refused on a fresh read, not on the kept copy alone
+
+
+async def test_a_live_grant_without_a_use_limit_needs_no_reservation() -> None:
+    """Nothing is counted for it, so there is nothing to find: the pod (which the
+    mutating webhook saw: it has the inject label) is judged as the mutating webhook
+    judges it (bound ServiceAccount, live grant)."""
+    await admission(CountingStore(a_grant())).validate(mounted("db=anything"), NS)
+
+
+async def test_a_dry_run_reservation_admits_a_dry_run_only() -> None:
+    store = CountingStore(a_grant(usesRemaining=2))
+    adm = admission(store)
+    annotation = reservations(await adm.mutate(a_pod(), NS, dry_run=True))
+    assert annotation == f"db={DRY_RUN_RESERVATION}" and store.writes == 0
+    await adm.validate(mounted(annotation), NS, dry_run=True)
+    with pytest.raises(AdmissionDenied) as err:
+        await adm.validate(mounted(annotation), NS)
+    refused("DirectMountNotAllowed", err)
+    store.grants["db"] = a_grant(phase="Exhausted", usesRemaining=0)
+    adm.reads.forget(NS, "db")
+    with pytest.raises(AdmissionDenied) as err:  # a dry run answers as a real one would
+        await adm.validate(mounted(annotation), NS, dry_run=True)
+    refused("UsesExhausted", err)

@@ -3,10 +3,10 @@
 A pod opts in with the label ``secretgrants.io/inject: "true"`` (the webhook's
 objectSelector) and the annotation ``secretgrants.io/grants: db,api-key``.
 For each named grant the mutating webhook checks that the grant is Granted,
-unexpired, has uses left and is bound to the pod's ServiceAccount, then
-injects one read-only projected volume per grant under
-``/var/run/secretgrants/<grant>/`` (into the grant's ``delivery.containers``
-only, when it names some). The validating
+unexpired, has uses left and is bound to the pod's ServiceAccount (by name,
+and by UID when the operator's index knows it), then injects one read-only
+projected volume per grant under ``/var/run/secretgrants/<grant>/`` (into the
+grant's ``delivery.containers`` only, when it names some). The validating
 webhook denies any pod that uses a delivery Secret without a use the
 mutating webhook reserved for it in the same request (or, for a grant
 without a use limit, while the grant is not live), any ephemeral container
@@ -58,6 +58,7 @@ __all__ = [
     "requested_grants",
     "reservation_ids",
     "secret_users",
+    "service_account_replaced",
 ]
 
 LABEL_INJECT = f"{GROUP}/inject"
@@ -148,10 +149,35 @@ def _expires(status: Mapping[str, Any]) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
 
 
+def service_account_replaced(grant: Mapping[str, Any], service_account_uid: str | None) -> bool:
+    """Whether the grant's bound ServiceAccount is known to have another UID now (it was
+    deleted and re-created under its name). An unknown UID (None: the operator's index
+    has not seen the ServiceAccount yet) or a binding without one is never a mismatch."""
+    bound = ((grant.get("status") or {}).get("binding") or {}).get("serviceAccountUID")
+    return bool(service_account_uid and bound and bound != service_account_uid)
+
+
+def _replaced(name: str, service_account: str, what: str) -> AdmissionDenied:
+    return AdmissionDenied(
+        "ServiceAccountMismatch",
+        f"{what}SecretGrantRequest {name!r} is bound to the ServiceAccount {service_account!r} "
+        "that existed when it was granted; that ServiceAccount was deleted and re-created "
+        "since (its UID changed), so the grant no longer holds for it (the operator revokes "
+        "it): create the grant again for the new ServiceAccount",
+        grant=name,
+    )
+
+
 def check_grant_for_pod(
-    name: str, grant: Mapping[str, Any] | None, service_account: str, at: dt.datetime
+    name: str,
+    grant: Mapping[str, Any] | None,
+    service_account: str,
+    at: dt.datetime,
+    *,
+    service_account_uid: str | None = None,
 ) -> None:
-    """Raise AdmissionDenied unless ``grant`` may be used by a pod running as ``service_account``.
+    """Raise AdmissionDenied unless ``grant`` may be used by a pod running as ``service_account``
+    (whose UID is ``service_account_uid``, when the operator knows it).
 
     Uses are checked again (atomically) when the use is reserved; this is the
     early, readable refusal.
@@ -180,6 +206,8 @@ def check_grant_for_pod(
             f"SecretGrantRequest {name!r} is bound to ServiceAccount {bound!r}, "
             f"but the pod runs as {service_account!r}",
         )
+    if service_account_replaced(grant, service_account_uid):
+        raise _replaced(name, service_account, "")
     expires = _expires(status)
     if expires is not None and expires <= at:
         raise AdmissionDenied("GrantExpired", f"SecretGrantRequest {name!r} has expired")
@@ -194,10 +222,19 @@ def check_grant_for_pod(
         )
 
 
-def admits(name: str, grant: Mapping[str, Any], service_account: str, at: dt.datetime) -> bool:
+def admits(
+    name: str,
+    grant: Mapping[str, Any],
+    service_account: str,
+    at: dt.datetime,
+    *,
+    service_account_uid: str | None = None,
+) -> bool:
     """Whether ``check_grant_for_pod`` lets the pod use the grant."""
     try:
-        check_grant_for_pod(name, grant, service_account, at)
+        check_grant_for_pod(
+            name, grant, service_account, at, service_account_uid=service_account_uid
+        )
     except AdmissionDenied:
         return False
     return True
@@ -383,11 +420,12 @@ def check_delivery_use(
     at: dt.datetime,
     *,
     dry_run: bool = False,
+    service_account_uid: str | None = None,
 ) -> None:
     """Raise AdmissionDenied unless a pod being created may use ``grant``'s delivery Secret.
 
     The validating webhook sees the pod after the mutating webhook, in the same
-    request. The pod must run as the bound ServiceAccount,
+    request. The pod must run as the bound ServiceAccount (name, and UID when known),
     carry the inject label (so the mutating webhook saw it, and wrote its reservations
     annotation over any the author wrote) and that annotation must name the grant.
     For a grant with a use limit,
@@ -408,6 +446,8 @@ def check_delivery_use(
             f"bound to another ServiceAccount; the pod runs as {service_account!r}",
             grant=name,
         )
+    if service_account_replaced(grant, service_account_uid):
+        raise _replaced(name, service_account, f"Secret {secret_name!r}: ")
     reservations = pod_reservations(pod)
     labels = (pod.get("metadata") or {}).get("labels") or {}
     if name not in reservations or labels.get(LABEL_INJECT) != "true":
@@ -514,6 +554,8 @@ def check_ephemeral_use(
     secret_name: str,
     pod: Mapping[str, Any],
     at: dt.datetime,
+    *,
+    service_account_uid: str | None = None,
 ) -> None:
     """Raise AdmissionDenied unless an ephemeral container may read ``grant``'s delivery Secret.
 
@@ -563,6 +605,10 @@ def check_ephemeral_use(
             f"an ephemeral container may not read Secret {secret_name!r}: "
             f"SecretGrantRequest {name!r} is {phase}, not Granted",
             grant=name,
+        )
+    if service_account_replaced(grant, service_account_uid):
+        raise _replaced(
+            name, service_account, f"an ephemeral container may not read Secret {secret_name!r}: "
         )
 
 

@@ -59,7 +59,7 @@ from secretgrants.metrics import Metrics, serve
 from secretgrants.policy import build_pdp
 from secretgrants.providers import ProviderRegistry
 from secretgrants.reasons import ConditionType, Phase
-from secretgrants.reconcile import audit, authorize_and_deliver, withdraw_delivery
+from secretgrants.reconcile import audit, authorize_and_deliver, indexed_uid, withdraw_delivery
 from secretgrants.restarts import RestartLimiter
 from secretgrants.salts import SaltResolver
 from secretgrants.secrets_api import IndexTenants, SecretsAPI, settings_options
@@ -188,6 +188,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         metrics=memo.metrics,
         renew=lambda namespace, name: renew_now(memo, namespace, name, authorize_and_deliver),
         reads=GrantReads(max_age=cfg.admission_cache_seconds),
+        # A ServiceAccount re-created under the bound name is refused before the
+        # revocation that follows it (the same index the binding checks read).
+        service_account_uid=lambda namespace, name: indexed_uid(memo, namespace, name),
     )
     memo.webhook = None
     service_dns = f"{cfg.webhook_service}.{cfg.operator_namespace}.svc"

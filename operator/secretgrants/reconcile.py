@@ -54,7 +54,7 @@ from secretgrants.reasons import Reason
 from secretgrants.redaction import redact, register_secret
 from secretgrants.settings import Settings
 
-__all__ = ["audit", "authorize_and_deliver", "withdraw_delivery"]
+__all__ = ["audit", "authorize_and_deliver", "indexed_uid", "withdraw_delivery"]
 
 
 async def withdraw_delivery(
@@ -99,7 +99,7 @@ async def authorize_and_deliver(
     }
     tracing.annotate(resource_ref=ref)
 
-    sa_uid = _indexed_uid(memo, namespace, parsed.service_account_name)
+    sa_uid = indexed_uid(memo, namespace, parsed.service_account_name)
     if sa_uid is None:  # not in the watch's index (yet): ask the API
         sa_uid = await memo.kube.service_account_uid(namespace, parsed.service_account_name)
     if sa_uid is None:
@@ -244,7 +244,7 @@ async def _write_delivery(memo: kopf.Memo, namespace: str, body: dict[str, Any])
         raise DeliveryFailed(message) from None
 
 
-def _indexed_uid(memo: kopf.Memo, namespace: str, name: str) -> str | None:
+def indexed_uid(memo: kopf.Memo, namespace: str, name: str) -> str | None:
     """The ServiceAccount's UID from the watch's index, as the binding checks see it."""
     index = (memo.get("indexes") or {}).get("service_accounts")
     if index is None:

@@ -50,6 +50,7 @@ from secretgrants.admission import (
     pod_service_account,
     requested_grants,
     secret_users,
+    service_account_replaced,
 )
 from secretgrants.api.common import now
 from secretgrants.audit import Auditor, EventType
@@ -128,8 +129,12 @@ class PodAdmission:
         metrics: Metrics | None = None,
         renew: Callable[[str, str], Awaitable[bool]] | None = None,
         reads: GrantReads | None = None,
+        service_account_uid: Callable[[str, str], str | None] | None = None,
     ) -> None:
         self.store = store
+        # The UID of a ServiceAccount (namespace, name) as the operator's watch knows it,
+        # None when it does not (yet): a grant bound to another UID is refused.
+        self.service_account_uid = service_account_uid
         # Grants read or written moments ago (kept by default for none: every check reads).
         self.reads = reads if reads is not None else GrantReads(max_age=0)
         # Asks the PDP again for an exhausted or expired grant with renewal on; True when
@@ -139,6 +144,11 @@ class PodAdmission:
         self.auditor = auditor or Auditor()
         self.metrics = metrics or Metrics()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def _known_uid(self, namespace: str, service_account: str) -> str | None:
+        if self.service_account_uid is None:
+            return None
+        return self.service_account_uid(namespace, service_account)
 
     async def _audit_denied(
         self,
@@ -239,16 +249,17 @@ class PodAdmission:
     ) -> list[dict[str, Any]]:
         names = requested_grants(pod)
         service_account = pod_service_account(pod)
+        uid = self._known_uid(namespace, service_account)
         at = now()
         mounts: list[GrantMount] = []
         for name in names:
-            grant = await self._checked_read(namespace, name, service_account, at)
+            grant = await self._checked_read(namespace, name, service_account, at, uid)
             if not dry_run:
-                grant = await self._renewed_if_due(namespace, name, grant, service_account, at)
+                grant = await self._renewed_if_due(namespace, name, grant, service_account, at, uid)
             if grant is not None:
                 grants[name] = grant
             try:
-                check_grant_for_pod(name, grant, service_account, at)
+                check_grant_for_pod(name, grant, service_account, at, service_account_uid=uid)
             except AdmissionDenied as denied:
                 denied.grant = name
                 raise
@@ -280,11 +291,16 @@ class PodAdmission:
         return grant
 
     async def _checked_read(
-        self, namespace: str, name: str, service_account: str, at: dt.datetime
+        self,
+        namespace: str,
+        name: str,
+        service_account: str,
+        at: dt.datetime,
+        uid: str | None = None,
     ) -> dict[str, Any] | None:
         """The kept copy when it admits the pod; otherwise what the API says now."""
         kept = self.reads.get(namespace, name)
-        if kept is not None and admits(name, kept, service_account, at):
+        if kept is not None and admits(name, kept, service_account, at, service_account_uid=uid):
             return kept
         return await self._read(namespace, name)
 
@@ -295,15 +311,17 @@ class PodAdmission:
         grant: dict[str, Any] | None,
         service_account: str,
         at: dt.datetime,
+        uid: str | None = None,
     ) -> dict[str, Any] | None:
         """The grant, renewed first when it is exhausted or expired and asks for renewal.
 
         "Expired or exhausted grants force a fresh PDP check" (the seeds): a pod of the
         bound ServiceAccount that finds its grant used up gets a new decision right
         now, instead of a refusal while the renewal waits for its turn. Any other
-        refusal (another ServiceAccount, not Granted, ...) never asks the PDP.
+        refusal (another ServiceAccount or one re-created since, not Granted, ...)
+        never asks the PDP.
         """
-        if self.renew is None or grant is None:
+        if self.renew is None or grant is None or service_account_replaced(grant, uid):
             return grant
         try:
             check_grant_for_pod(name, grant, service_account, at)
@@ -440,10 +458,13 @@ class PodAdmission:
         give it in this request, or in a container outside the grant's
         ``delivery.containers``. A refusal on a kept copy of the grant is made again on a
         fresh read (the copy may predate the use reserved moments ago)."""
+        uid = self._known_uid(namespace, pod_service_account(pod))
         at = now()
 
         def check(name: str, grant: Mapping[str, Any], secret_name: str) -> None:
-            check_delivery_use(name, grant, secret_name, pod, at, dry_run=dry_run)
+            check_delivery_use(
+                name, grant, secret_name, pod, at, dry_run=dry_run, service_account_uid=uid
+            )
             check_delivery_containers(name, grant, secret_name, pod)
 
         await self._audited(
@@ -469,13 +490,14 @@ class PodAdmission:
         both out of containers not in that list. Each grant an added container is allowed
         to mount or read is audited as ``pod_admitted`` (except on a dry run).
         """
+        uid = self._known_uid(namespace, pod_service_account(pod))
         added = added_ephemeral_containers(pod, old_pod)
         read = container_secret_refs(added)
         at = now()
 
         def check(name: str, grant: Mapping[str, Any], secret_name: str) -> None:
             if secret_name in read:
-                check_ephemeral_use(name, grant, secret_name, pod, at)
+                check_ephemeral_use(name, grant, secret_name, pod, at, service_account_uid=uid)
             check_delivery_containers(name, grant, secret_name, pod, added=added)
 
         used = read | mounted_secrets(pod, added)

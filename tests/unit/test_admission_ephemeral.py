@@ -62,7 +62,7 @@ def test_an_ephemeral_container_may_read_its_pods_own_live_grant() -> None:
     # Any volume carrying the Secret, whatever its name (the validating webhook checked it).
     direct = a_pod(carried=None)
     direct["spec"]["volumes"] = [{"name": "mine", "secret": {"secretName": SECRET}}]
-    check_ephemeral_use("db", a_grant(), SECRET, direct, AT)
+    check_ephemeral_use("db", a_grant(), SECRET, direct, AT, service_account_uid="u1")
 
 
 @pytest.mark.parametrize(
@@ -94,6 +94,14 @@ def test_other_uses_are_refused_with_a_reason(
         check_ephemeral_use("db", grant, SECRET, pod, AT)
     assert err.value.reason == reason and err.value.grant == "db"
     assert words in err.value.message and "ephemeral container" in err.value.message
+
+
+def test_a_re_created_service_account_may_not_read_the_grant_of_its_predecessor() -> None:
+    check_ephemeral_use("db", a_grant(), SECRET, a_pod(), AT, service_account_uid=None)  # unknown
+    with pytest.raises(AdmissionDenied) as err:
+        check_ephemeral_use("db", a_grant(), SECRET, a_pod(), AT, service_account_uid="u2")
+    assert err.value.reason == "ServiceAccountMismatch" and "re-created" in err.value.message
+    assert err.value.message.startswith("an ephemeral container may not read Secret")
 
 
 def test_only_added_containers_count_and_only_their_env() -> None:
@@ -142,6 +150,14 @@ async def test_a_forged_annotation_does_not_let_an_ephemeral_container_read_the_
             a_pod("app", None, BY_ENV, annotation="db=0123456789abcdef"), before, NS
         )
     assert err.value.reason == "EphemeralUseNotAllowed"
+
+
+async def test_a_re_created_service_account_is_refused_when_the_index_knows_its_uid() -> None:
+    store = CountingStore(a_grant())
+    adm = PodAdmission(store, audience=None, service_account_uid=lambda ns, sa: "u2")
+    with pytest.raises(AdmissionDenied) as err:
+        await adm.validate_ephemeral(a_pod("app", SECRET, BY_ENV), a_pod(), NS)
+    assert err.value.reason == "ServiceAccountMismatch" and "re-created" in err.value.message
 
 
 def review(operation: str, pod: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ label never meets the mutating webhook), over the stand-in GrantStore of
 ``test_admission_reads``. What is asserted: the validating webhook
 (``PodAdmission.validate``) accepts a grant with a use limit only with a
 reservation the grant's status holds as pending, a grant without one only while
-it is live; and dry runs.
+it is live; dry runs; and a ServiceAccount re-created under the bound name.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from secretgrants.admission import (
     DRY_RUN_RESERVATION,
     AdmissionDenied,
 )
+from secretgrants.grant_reads import GrantReads
 from secretgrants.uses import settle
+from secretgrants.webhook import PodAdmission
 from tests.unit.test_admission_reads import (
     NS,
     CountingStore,
@@ -160,3 +162,38 @@ async def test_a_dry_run_reservation_admits_a_dry_run_only() -> None:
     with pytest.raises(AdmissionDenied) as err:  # a dry run answers as a real one would
         await adm.validate(mounted(annotation), NS, dry_run=True)
     refused("UsesExhausted", err)
+
+
+async def test_a_re_created_service_account_is_refused_at_mutate_and_validate() -> None:
+    """The grant is bound to UID u1; the index now knows "app" as u2 (deleted and
+    re-created): refused before the revocation, and no renewal is asked for."""
+    renewals: list[str] = []
+
+    async def renew(namespace: str, name: str) -> bool:
+        renewals.append(name)
+        return True
+
+    def uid_is(uid: str | None) -> PodAdmission:
+        return PodAdmission(
+            store,
+            audience=None,
+            reads=GrantReads(max_age=5),
+            renew=renew,
+            service_account_uid=lambda namespace, sa: uid,
+        )
+
+    store = CountingStore(a_grant(usesRemaining=2))
+    store.grants["db"]["spec"]["renewal"] = {"enabled": True}
+    with pytest.raises(AdmissionDenied) as err:
+        await uid_is("u2").mutate(a_pod(), NS, dry_run=False)
+    assert "deleted and re-created" in refused("ServiceAccountMismatch", err)
+    assert store.writes == 0
+    annotation = reservations(await uid_is(None).mutate(a_pod(), NS, dry_run=False))  # unknown
+    await uid_is("u1").validate(mounted(annotation), NS)
+    with pytest.raises(AdmissionDenied) as err:
+        await uid_is("u2").validate(mounted(annotation), NS)
+    assert "deleted and re-created" in refused("ServiceAccountMismatch", err)
+    store.grants["db"]["status"] |= {"phase": "Exhausted", "usesRemaining": 0}
+    with pytest.raises(AdmissionDenied):
+        await uid_is("u2").mutate(a_pod(), NS, dry_run=False)
+    assert renewals == []  # an exhausted grant is renewed for its own ServiceAccount only

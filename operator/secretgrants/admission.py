@@ -12,7 +12,8 @@ mutating webhook reserved for it in the same request (or, for a grant
 without a use limit, while the grant is not live), any ephemeral container
 that reads one the pod was not created with, any container outside a
 grant's ``delivery.containers`` that mounts or reads its delivery Secret,
-however the volume is named.
+however the volume is named, and any later change to the pod's
+``secretgrants.io/reservations`` annotation (uses are settled by it).
 
 Everything here is pure: the webhook server reads the grants and Secrets and
 calls these. Messages name grants and ServiceAccounts, never secret paths.
@@ -45,6 +46,7 @@ __all__ = [
     "check_delivery_use",
     "check_ephemeral_use",
     "check_grant_for_pod",
+    "check_reservations_kept",
     "container_secret_refs",
     "delivered_secret",
     "delivery_containers",
@@ -476,6 +478,20 @@ def check_delivery_use(
     except AdmissionDenied as denied:
         denied.grant = name
         raise
+
+
+def check_reservations_kept(pod: Mapping[str, Any], old_pod: Mapping[str, Any] | None) -> None:
+    """Raise AdmissionDenied when an update of a created pod changes or removes its
+    reservations annotation: the operator confirms each counted use by finding it on a
+    pod, and a use no pod carries is given back."""
+    before = _reservations_annotation(old_pod)
+    if before is None or _reservations_annotation(pod) == before:
+        return
+    raise AdmissionDenied(
+        "ReservationsImmutable",
+        f"the annotation {ANNOTATION_RESERVATIONS} records the uses counted for this pod "
+        "when it was created; it cannot be changed or removed afterwards",
+    )
 
 
 def container_secret_refs(containers: Iterable[Mapping[str, Any]]) -> set[str]:

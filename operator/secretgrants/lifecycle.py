@@ -126,7 +126,8 @@ async def settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
     """Confirm uses that created pods carry; give back those no pod claimed in time.
 
     Every pod of the namespace is listed (metadata only), not only those with the inject
-    label: a label can be taken off a running pod, and its use must stay counted.
+    label: a label can be taken off a running pod, and its use must stay counted. The
+    reservations annotation itself cannot be changed (the validating webhook refuses it).
     """
     window = dt.timedelta(seconds=memo.config.reservation_window_seconds)
     pods = await memo.kube.list_pod_annotations(namespace)

@@ -6,8 +6,10 @@
 not hand them (for a grant with a use limit: without a use reserved in the
 grant's status), or in a container outside the grant's ``delivery.containers``,
 at creation and when ephemeral containers are added (an UPDATE of
-``pods/ephemeralcontainers``). Decisions live in ``admission`` and ``uses``;
-this module reads, retries and answers AdmissionReviews.
+``pods/ephemeralcontainers``), and refuses updates of a created pod that change
+its ``secretgrants.io/reservations`` annotation. Decisions live in
+``admission`` and ``uses``; this module reads, retries and answers
+AdmissionReviews.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from secretgrants.admission import (
     check_delivery_use,
     check_ephemeral_use,
     check_grant_for_pod,
+    check_reservations_kept,
     container_secret_refs,
     delivered_secret,
     direct_secret_mounts,
@@ -518,6 +521,25 @@ class PodAdmission:
                 message=f"ephemeral container {users} uses its delivery Secret"[:512],
             )
 
+    async def validate_update(
+        self,
+        pod: Mapping[str, Any],
+        old_pod: Mapping[str, Any] | None,
+        namespace: str,
+        *,
+        dry_run: bool = False,
+        correlation_id: str | None = None,
+    ) -> None:
+        """Refuse (and audit) an update of a created pod that changes or removes its
+        ``secretgrants.io/reservations`` annotation: the uses it records are confirmed
+        by finding them on pods, and a use no pod carries would be given back."""
+        try:
+            check_reservations_kept(pod, old_pod)
+        except AdmissionDenied as denied:
+            if not dry_run:
+                await self._audit_denied(denied, namespace, pod, {}, correlation_id)
+            raise
+
     async def _audited(
         self,
         used: set[str],
@@ -641,11 +663,10 @@ class WebhookServer:
             uid = str(req["uid"])
             pod = req.get("object") or {}
             namespace = str(req.get("namespace") or (pod.get("metadata") or {}).get("namespace"))
-            # An ephemeral container added to a pod: the pod, whole, before and after.
-            ephemeral = (req.get("operation"), req.get("subResource")) == (
-                "UPDATE",
-                "ephemeralcontainers",
-            )
+            # An UPDATE of a created pod (its metadata), or of pods/ephemeralcontainers
+            # (an ephemeral container added): the pod, whole, before and after.
+            update = req.get("operation") == "UPDATE"
+            ephemeral = update and req.get("subResource") == "ephemeralcontainers"
         except (ValueError, KeyError, TypeError):
             return web.json_response(
                 {"title": "malformed AdmissionReview", "status": 400}, status=400
@@ -665,6 +686,8 @@ class WebhookServer:
                 await adm.validate_ephemeral(
                     pod, old, namespace, dry_run=dry_run, correlation_id=uid
                 )
+            elif update:
+                await adm.validate_update(pod, old, namespace, dry_run=dry_run, correlation_id=uid)
             else:
                 await adm.validate(pod, namespace, dry_run=dry_run, correlation_id=uid)
             body = _review_response(uid, patch=patch)

@@ -15,6 +15,10 @@ Choices (explained in the README):
   UPDATE of ``pods/ephemeralcontainers`` (``kubectl debug``), whose object is
   the whole pod: an ephemeral container is the one way to add ``env`` to a
   pod after its creation. The same CEL condition selects those updates.
+- A second validating webhook sees pod UPDATE, but the apiserver calls it only
+  for an update that changes or removes the ``secretgrants.io/reservations``
+  annotation of a pod that has one (a CEL matchCondition), which it refuses:
+  counted uses are confirmed by finding that annotation on pods.
 - sideEffects NoneOnDryRun: a dry-run admission counts no use.
 
 The operator applies these at start (``SECRETGRANTS_WEBHOOK_MANAGE``, the default);
@@ -29,7 +33,7 @@ import base64
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from secretgrants.admission import LABEL_INJECT
+from secretgrants.admission import ANNOTATION_RESERVATIONS, LABEL_INJECT
 from secretgrants.delivery import DELIVERY_PREFIX
 
 if TYPE_CHECKING:
@@ -59,6 +63,7 @@ _EPHEMERAL_CONTAINERS_RULE = {
     "resources": ["pods/ephemeralcontainers"],
     "operations": ["UPDATE"],
 }
+_POD_UPDATE_RULE = {**_POD_RULE, "operations": ["UPDATE"]}
 
 
 def client_config(
@@ -171,6 +176,20 @@ USES_DELIVERY_SECRET: Final = " || ".join(
 )
 
 
+def _annotation(obj: str) -> str:
+    return f"{obj}.metadata.annotations['{ANNOTATION_RESERVATIONS}']"
+
+
+# The pod updates to refuse: the reservations annotation of a created pod changed or removed.
+RESERVATIONS_CHANGED: Final = (
+    f"has(oldObject.metadata.annotations) && "
+    f"'{ANNOTATION_RESERVATIONS}' in oldObject.metadata.annotations && "
+    f"!(has(object.metadata.annotations) && "
+    f"'{ANNOTATION_RESERVATIONS}' in object.metadata.annotations && "
+    f"{_annotation('object')} == {_annotation('oldObject')})"
+)
+
+
 def validating(
     name: str,
     client: dict[str, Any],
@@ -180,23 +199,24 @@ def validating(
     namespaces: Sequence[str] = (),
     operator_namespace: str = "secretgrants-system",
 ) -> dict[str, Any]:
-    webhook = {
+    common = (failure_policy, timeout_seconds, namespaces, operator_namespace)
+    uses = {
         "name": "pods.validate.secretgrants.io",
         "clientConfig": client,
         "matchConditions": [{"name": "uses-delivery-secret", "expression": USES_DELIVERY_SECRET}],
-        **_common(
-            [_POD_RULE, _EPHEMERAL_CONTAINERS_RULE],
-            failure_policy,
-            timeout_seconds,
-            namespaces,
-            operator_namespace,
-        ),
+        **_common([_POD_RULE, _EPHEMERAL_CONTAINERS_RULE], *common),
+    }
+    reservations = {
+        "name": "pods-reservations.validate.secretgrants.io",
+        "clientConfig": client,
+        "matchConditions": [{"name": "reservations-changed", "expression": RESERVATIONS_CHANGED}],
+        **_common([_POD_UPDATE_RULE], *common),
     }
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": _meta(name),
-        "webhooks": [webhook],
+        "webhooks": [uses, reservations],
     }
 
 

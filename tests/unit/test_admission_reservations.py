@@ -7,7 +7,8 @@ label never meets the mutating webhook), over the stand-in GrantStore of
 ``test_admission_reads``. What is asserted: the validating webhook
 (``PodAdmission.validate``) accepts a grant with a use limit only with a
 reservation the grant's status holds as pending, a grant without one only while
-it is live; dry runs; and a ServiceAccount re-created under the bound name.
+it is live; dry runs; a ServiceAccount re-created under the bound name; and that
+a created pod's reservations annotation cannot be changed afterwards.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ from typing import Any
 import pytest
 
 from secretgrants.admission import (
+    ANNOTATION_RESERVATIONS,
     DRY_RUN_RESERVATION,
     AdmissionDenied,
+    check_reservations_kept,
 )
+from secretgrants.audit import Auditor, MemorySink
 from secretgrants.grant_reads import GrantReads
 from secretgrants.uses import settle
-from secretgrants.webhook import PodAdmission
+from secretgrants.webhook import PodAdmission, WebhookServer, serving_cert
+from secretgrants.webhook_config import VALIDATE_PATH, validating
 from tests.unit.test_admission_reads import (
     NS,
     CountingStore,
@@ -197,3 +202,63 @@ async def test_a_re_created_service_account_is_refused_at_mutate_and_validate() 
     with pytest.raises(AdmissionDenied):
         await uid_is("u2").mutate(a_pod(), NS, dry_run=False)
     assert renewals == []  # an exhausted grant is renewed for its own ServiceAccount only
+
+
+def with_annotations(**annotations: str) -> dict[str, Any]:
+    return {"metadata": {"name": "p", "annotations": annotations}, "spec": {}}
+
+
+def test_a_created_pods_reservations_annotation_cannot_change() -> None:
+    before = with_annotations(**{ANNOTATION_RESERVATIONS: "db=r1", "team": "a"})
+    check_reservations_kept(with_annotations(**{ANNOTATION_RESERVATIONS: "db=r1"}), before)
+    check_reservations_kept(with_annotations(other="x"), with_annotations())  # had none
+    check_reservations_kept(with_annotations(**{ANNOTATION_RESERVATIONS: "db=x"}), None)
+    for after in (with_annotations(team="a"), with_annotations(**{ANNOTATION_RESERVATIONS: ""})):
+        with pytest.raises(AdmissionDenied) as err:
+            check_reservations_kept(after, before)
+        assert err.value.reason == "ReservationsImmutable"
+        assert "cannot be changed or removed" in err.value.message
+
+
+def review(operation: str, pod: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+    request: dict[str, Any] = {"uid": operation, "namespace": NS, "operation": operation}
+    request |= {"object": pod, "oldObject": old, "kind": {"kind": "Pod"}}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+async def test_the_webhook_refuses_forged_creates_and_reservation_edits_and_audits_them() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    events = MemorySink()
+    adm = PodAdmission(
+        CountingStore(a_grant(usesRemaining=2)), audience=None, auditor=Auditor([events])
+    )
+    cert = serving_cert(None, dns_names=("localhost",), ips=("127.0.0.1",))
+    before = with_annotations(**{ANNOTATION_RESERVATIONS: "db=r1"})
+    async with TestClient(TestServer(WebhookServer(adm, cert).app(), host="127.0.0.1")) as client:
+
+        async def answer(body: dict[str, Any]) -> dict[str, Any]:
+            response = await (await client.post(VALIDATE_PATH, json=body)).json()
+            return response["response"]  # type: ignore[no-any-return]
+
+        created = await answer(review("CREATE", mounted("db=forged"), None))
+        assert created["status"]["reason"] == "DirectMountNotAllowed"
+        edited = await answer(review("UPDATE", with_annotations(), before))
+        assert edited["allowed"] is False
+        assert edited["status"]["reason"] == "ReservationsImmutable"
+        assert (await answer(review("UPDATE", before, before)))["allowed"] is True
+    assert [(e.type, e.reason, e.grant_name, e.correlation_id) for e in events.events] == [
+        ("pod_denied", "DirectMountNotAllowed", "db", "CREATE"),
+        ("pod_denied", "ReservationsImmutable", None, "UPDATE"),
+    ]
+
+
+def test_the_apiserver_calls_the_webhook_for_reservation_edits_only() -> None:
+    uses, edits = validating("sg", {})["webhooks"]
+    assert uses["name"] == "pods.validate.secretgrants.io"
+    assert [(r["resources"], r["operations"]) for r in edits["rules"]] == [(["pods"], ["UPDATE"])]
+    (condition,) = edits["matchConditions"]
+    expression = condition["expression"]
+    assert expression.count(f"'{ANNOTATION_RESERVATIONS}' in ") == 2
+    assert "oldObject.metadata.annotations[" in expression
+    assert edits["failurePolicy"] == "Fail" and edits["sideEffects"] == "NoneOnDryRun"

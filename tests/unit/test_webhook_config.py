@@ -27,8 +27,13 @@ def test_both_configurations_call_the_operator_service_on_their_paths() -> None:
         "MutatingWebhookConfiguration",
         "ValidatingWebhookConfiguration",
     )
-    for body, path in ((mutating, MUTATE_PATH), (validating, VALIDATE_PATH)):
-        (webhook,) = body["webhooks"]
+    assert [w["name"] for w in validating["webhooks"]] == [
+        "pods.validate.secretgrants.io",
+        "pods-reservations.validate.secretgrants.io",  # changes of the reservations annotation
+    ]
+    webhooks = [(w, MUTATE_PATH) for w in mutating["webhooks"]]
+    webhooks += [(w, VALIDATE_PATH) for w in validating["webhooks"]]
+    for webhook, path in webhooks:
         assert webhook["clientConfig"] == {
             "service": {
                 "name": "secretgrants-webhook",

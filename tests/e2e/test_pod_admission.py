@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import signal
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -177,6 +178,86 @@ def test_denials_say_why(cluster: Cluster, ready_namespace: str, operator: Opera
     assert "secretgrants.io/reservations" not in (
         get(cluster, "pod", "plain", ns)["metadata"].get("annotations") or {}
     )
+
+
+def reservation_of(cluster: Cluster, ns: str, name: str) -> str:
+    annotations = get(cluster, "pod", name, ns)["metadata"]["annotations"]
+    return str(annotations["secretgrants.io/reservations"])
+
+
+def test_a_reservations_annotation_of_the_pods_own_making_mounts_nothing(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess
+) -> None:
+    """A pod without the inject label meets no mutating webhook: its author writes the
+    reservations annotation and mounts the delivery Secret of an exhausted grant, which
+    still holds its value (it is not blanked: admitted pods keep reading it)."""
+    ns = ready_namespace
+    secret = granted(cluster, ns, maxUses=1)["status"]["delivery"]["secretName"]
+    ok, err = create_pod(cluster, ns, pod("web"))
+    assert ok, err
+    rid = reservation_of(cluster, ns, "web")
+
+    def confirmed() -> None:
+        st = get(cluster, "sgr", "db", ns)["status"]
+        assert st["phase"] == "Exhausted" and st["usesConsumed"] == 1, st
+        assert not st.get("reservations"), st
+
+    eventually(confirmed, timeout=20)
+    assert secret_values(cluster, ns, secret) == {"password": SECRET_VALUE}
+    direct = [{"name": "stolen", "secret": {"secretName": secret}}]
+    for forged in ("db=made-up", rid):  # a made-up id, and the admitted pod's own
+        body = pod(f"forged-{len(forged)}", grants=None, inject=False, volumes=direct)
+        body["metadata"]["annotations"]["secretgrants.io/reservations"] = forged
+        ok, err = create_pod(cluster, ns, body)
+        assert not ok and "(DirectMountNotAllowed)" in err, err
+        assert "instead of mounting it directly" in err, err
+        body["metadata"]["labels"]["secretgrants.io/inject"] = "true"  # now it meets both
+        body["metadata"]["annotations"]["secretgrants.io/grants"] = "db"
+        ok, err = create_pod(cluster, ns, body)
+        assert not ok and "no uses left" in err, err
+    st = get(cluster, "sgr", "db", ns)["status"]
+    assert (st["usesConsumed"], st["usesRemaining"], st["phase"]) == (1, 0, "Exhausted")
+    denials = [e for e in operator.audit_events() if e.get("type") == "pod_denied"]
+    assert [e.get("reason") for e in denials if str(e.get("pod")).startswith("forged")] == [
+        "DirectMountNotAllowed",
+        "UsesExhausted",
+    ] * 2
+
+
+def test_a_use_stays_counted_when_the_pod_loses_its_label_or_annotation(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess, core: Any
+) -> None:
+    """Right after creation, before the operator has confirmed the use: taking the inject
+    label off does not give the use back, and the reservations annotation cannot be
+    changed or removed (the operator settles uses by it; SECRETGRANTS_RESERVATION_WINDOW
+    is 5 s here)."""
+    ns = ready_namespace
+    granted(cluster, ns, maxUses=3)
+    core.create_namespaced_pod(ns, pod("web"))
+    core.patch_namespaced_pod("web", ns, {"metadata": {"labels": {"secretgrants.io/inject": None}}})
+    assert "secretgrants.io/inject" not in (
+        get(cluster, "pod", "web", ns)["metadata"].get("labels") or {}
+    )
+    for change in ("secretgrants.io/reservations-", "secretgrants.io/reservations=db=other"):
+        edited = cluster.kubectl(
+            "annotate", "--overwrite", "pod", "web", "-n", ns, change, check=False
+        )
+        assert edited.returncode != 0, edited.stdout
+        assert "cannot be changed or removed afterwards" in edited.stderr, edited.stderr
+        assert "pods-reservations.validate.secretgrants.io" in edited.stderr, edited.stderr
+    cluster.kubectl("annotate", "pod", "web", "-n", ns, "team=payments")  # any other: as usual
+
+    def settled() -> dict[str, Any]:
+        st = get(cluster, "sgr", "db", ns)["status"]
+        assert not st.get("reservations"), st
+        return st  # type: ignore[no-any-return]
+
+    st = eventually(settled, timeout=30)
+    assert (st["usesConsumed"], st["usesRemaining"]) == (1, 2), st
+    time.sleep(6)  # past the window: a use no pod carried would have been given back by now
+    st = get(cluster, "sgr", "db", ns)["status"]
+    assert (st["usesConsumed"], st["usesRemaining"]) == (1, 2), st
+    assert not [e for e in operator.audit_events() if e.get("type") == "use_released"]
 
 
 def test_thirty_concurrent_pods_against_five_uses_admit_exactly_five(

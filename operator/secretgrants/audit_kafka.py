@@ -321,7 +321,8 @@ class KafkaSink:
         while pending:
             self._inflight = pending
             try:
-                pending = await asyncio.wait_for(self._send(pending), self._send_timeout)
+                async with asyncio.timeout(self._send_timeout):  # not wait_for: on 3.11 it
+                    pending = await self._send(pending)  # lost a cancellation as a send ended
             except Exception as err:  # connection, timeout, broker errors: retry them all
                 log.warning(
                     "audit sink kafka: sending %d event(s) failed (%s); retrying in %.1fs",

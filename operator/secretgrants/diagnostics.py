@@ -65,7 +65,8 @@ class DiagnosticsServer:
         try:
             while True:
                 try:
-                    event = await asyncio.wait_for(queue.get(), self.keepalive_seconds)
+                    async with asyncio.timeout(self.keepalive_seconds):  # not wait_for: 3.11
+                        event = await queue.get()  # lost a cancellation that came as it ended
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue

@@ -115,8 +115,12 @@ class Scheduler:
             timeout = MAX_SLEEP_SECONDS
             if wake_at:
                 timeout = min(timeout, max(0.0, min(wake_at) - self._clock()))
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that comes as
+            # the wait ends (a grant finished), and this loop then never stopped (seen: a
+            # shutdown hung in stop()). asyncio.timeout hands the cancellation on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def _sweep_at(self) -> float | None:
         return self._next_sweep if self._sweep is not None else None

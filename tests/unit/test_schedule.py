@@ -320,3 +320,16 @@ async def test_stop_cancels_the_loop_and_actions_in_flight() -> None:
     await until(lambda: tend.running == 1)
     await asyncio.wait_for(scheduler.stop(), timeout=2)
     assert tend.running == 0
+
+
+async def test_stop_ends_the_loop_even_when_a_wake_up_comes_with_it() -> None:
+    """A stop in the same turn as a wake-up (a grant finished, a new deadline) ends the
+    loop: asyncio.wait_for on Python 3.11 swallowed that cancellation, and stop() waited
+    forever (seen once in a unit run)."""
+    scheduler = Scheduler(FakeTend())
+    scheduler.schedule(k("late"), time.time() + 3600)
+    scheduler.start()
+    await asyncio.sleep(0.02)  # the loop waits towards the hour
+    scheduler.schedule(k("now"), time.time())  # wakes the loop ...
+    async with asyncio.timeout(2):
+        await scheduler.stop()  # ... in the same turn as the cancellation

@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime as dt
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from typing import Any
 import kopf
 import pytest
 import yaml
-from kopf._core.engines import posting  # kopf.warn/info need the operator's settings
 
 from secretgrants import handlers
 from secretgrants.audit import Auditor, MemorySink
@@ -49,6 +47,7 @@ from secretgrants.serial import (
 )
 from secretgrants.settings import Settings
 from secretgrants.tenancy import env_tenant
+from tests.unit.test_lifecycle import quiet_kopf_events  # noqa: F401 (autouse: Events post nothing)
 
 NS = "team-a"
 SA_UID = "sa-uid-1"
@@ -205,15 +204,6 @@ class WatchedLocks(GrantLocks):
         key = (namespace, name)
         self.asked[key] = self.asked.get(key, 0) + 1
         return super().hold(namespace, name)
-
-
-@pytest.fixture(autouse=True)
-def quiet_kopf_events() -> Iterator[None]:
-    settings = kopf.OperatorSettings()
-    settings.posting.level = logging.CRITICAL  # no event queue here: post nothing
-    token = posting.settings_var.set(settings)
-    yield
-    posting.settings_var.reset(token)
 
 
 @pytest.fixture

@@ -29,16 +29,20 @@ __all__ = ["CertReloader"]
 log = logging.getLogger("secretgrants.tls")
 
 
+def _hash(*parts: bytes) -> str:
+    sha = hashlib.sha256()
+    for part in parts:
+        sha.update(part)
+        sha.update(b"\0")
+    return sha.hexdigest()
+
+
 def _digest(*files: Path) -> str | None:
     """A digest of the files' contents; None while one is missing."""
-    sha = hashlib.sha256()
     try:
-        for path in files:
-            sha.update(path.read_bytes())
-            sha.update(b"\0")
+        return _hash(*(path.read_bytes() for path in files))
     except OSError:
         return None
-    return sha.hexdigest()
 
 
 class CertReloader:
@@ -79,7 +83,7 @@ class CertReloader:
             cert, key = self.cert_file.read_bytes(), self.key_file.read_bytes()
         except OSError:
             return False
-        pair = hashlib.sha256(cert + b"\0" + key + b"\0").hexdigest()
+        pair = _hash(cert, key)
         if pair == self._pair:
             return False
         with tempfile.TemporaryDirectory(prefix="secretgrants-tls-") as scratch:

@@ -32,6 +32,7 @@ e2e: tools venv
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff format --check operator tests bench
 	$(VENV)/bin/mypy
 
 crds: venv  ## regenerate crds/ from the API models

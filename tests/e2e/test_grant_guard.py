@@ -182,7 +182,6 @@ def test_operator_bookkeeping_is_in_the_status_not_in_kopf_annotations(
     assert not any("last-handled-configuration" in k for k in keys), keys
     assert obj["metadata"]["finalizers"] == ["secretgrants.io/finalizer"]
 
-
     def retry_state_kept() -> None:  # the handler's retries, kept by the schema (not pruned)
         status = get(cluster, "sgr", "ann", namespace)["status"]
         assert (status.get("kopf") or {}).get("progress"), status

@@ -67,7 +67,9 @@ class CountingStore:
         if obj["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
             return None  # 409
         written = copy.deepcopy(obj)
-        written["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
+        written["metadata"]["resourceVersion"] = str(
+            int(current["metadata"]["resourceVersion"]) + 1
+        )
         self.grants[name] = written
         return copy.deepcopy(written)
 

@@ -36,6 +36,7 @@ from pydantic import SecretStr
 
 from secretgrants.audit import AuditEvent
 from secretgrants.metrics import Metrics
+from secretgrants.tasks import cancel_and_wait
 
 __all__ = [
     "KafkaSink",
@@ -282,10 +283,9 @@ class KafkaSink:
         task, self._task = self._task, None
         if task is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._queue.join()), timeout)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+                async with asyncio.timeout(timeout):
+                    await self._queue.join()
+            await cancel_and_wait(task)
         await self._close_producer()
         unsent, self._inflight = list(self._inflight), []
         while not self._queue.empty():

@@ -16,13 +16,14 @@ never changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from secretgrants.tasks import cancel_and_wait
 
 __all__ = ["CertReloader"]
 
@@ -127,8 +128,5 @@ class CertReloader:
                 log.exception("could not reload the serving certificate")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)

@@ -16,13 +16,14 @@ Both are glibc's; on another libc they do nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
 import time
 from typing import Any
+
+from secretgrants.tasks import cancel_and_wait
 
 __all__ = ["HeapTrimmer", "limit_malloc_arenas", "resident_bytes"]
 
@@ -114,8 +115,5 @@ class HeapTrimmer:
             self.trim()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)

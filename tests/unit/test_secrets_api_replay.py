@@ -144,7 +144,7 @@ def test_read_only_calls_and_tokens_without_jti_are_not_checked() -> None:
 
 
 def test_with_dpop_the_proof_jti_counts_for_its_freshness_window() -> None:
-    replays, key, raw = ReplayCache(), new_key(), token()
+    replays, key, raw = ReplayCache(started=time.time() - 5), new_key(), token()
     admin = caller_of(raw)
     proof = request_proof(
         {"DPoP": sign_proof(key, method="POST", url=URL, access_token=raw, jti="proof-jti-1")},
@@ -281,12 +281,16 @@ async def test_dpop_proofs_on_management_calls(
 
 def test_identifiers_issued_before_the_process_started_are_refused() -> None:
     """The replay memory starts empty with the process: a token or proof from before
-    then may have been used already, so it is refused (one second of rounding allowed)."""
-    started = time.time()
-    replays = ReplayCache(not_before=started)
+    then may have been used already, so it is refused. ``iat`` is whole seconds, so the
+    second the process started in counts as before it."""
+    started = 1_000_000.75
+    replays = ReplayCache(started=started)
+    assert replays.not_before == 1_000_001.0
     old = caller_of(token(iat=int(started) - 30))
     assert refused(use_once, replays, old, None, [Operation.WRITE]) == (403, "Replay")
-    fresh = caller_of(token(iat=int(started)))  # whole seconds: issued in the same second
+    same_second = caller_of(token(iat=int(started)))  # may be from 0.75 s before the start
+    assert refused(use_once, replays, same_second, None, [Operation.WRITE]) == (403, "Replay")
+    fresh = caller_of(token(iat=int(started) + 1))
     use_once(replays, fresh, None, [Operation.WRITE])
     without_iat = caller_of(token())
     use_once(replays, without_iat, None, [Operation.WRITE])  # nothing to tell by: as before
@@ -294,3 +298,23 @@ def test_identifiers_issued_before_the_process_started_are_refused() -> None:
     with pytest.raises(Problem) as proof_from_before:
         replays.first_use("dpop/k/j", started + 60, started, issued_at=started - 5)
     assert proof_from_before.value.code == "Replay"
+
+
+async def test_serving_begins_only_when_every_identifier_it_accepts_is_from_after_the_start(
+    store: Path, sink: MemorySink
+) -> None:
+    """A token from the second the process started in is refused; serving waits for the
+    next whole second, so a client can only ever send identifiers issued after the start."""
+    api = SecretsAPI(
+        ReviewAll(),
+        ProviderRegistry({"yaml": YAMLFileProvider(store, dev_mode=True)}),
+        audience="crud.secrets",
+        auditor=Auditor([sink]),
+        pdp=BuiltinPDP.from_yaml(yaml.safe_dump(POLICY)),
+        tenants=IndexTenants({}, {}, env_tenant("t1", ["yaml://dev"])),
+    )
+    ready = max(api.reader.replays.not_before, api.management_replays.not_before)
+    async with TestClient(TestServer(api.app())) as test_client:
+        assert time.time() >= ready
+        assert (await write(test_client, token(iat=int(ready) - 1), VALUE))[1]["code"] == "Replay"
+        assert (await write(test_client, token(iat=int(time.time())), VALUE))[0] == 200

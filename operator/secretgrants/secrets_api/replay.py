@@ -16,6 +16,7 @@ metadata are not checked.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from typing import Final
@@ -37,17 +38,19 @@ class ReplayCache:
     """Identifiers used once, remembered until they could no longer be presented.
 
     The memory is the process's: what was used before it started is not in it. So an
-    identifier whose token or proof was issued before then (``issued_at`` earlier than
-    ``not_before``, one second of clock rounding before the start) is refused as a
-    possible replay: a client presents a fresh token or proof, which it does per
-    request anyway. Identifiers issued in the last second before a restart could still
-    be presented once more.
+    identifier whose token or proof was issued before then is refused as a possible
+    replay: a client presents a fresh token or proof, which it does per request anyway.
+    ``iat`` counts whole seconds, so the line is drawn at the first whole second after
+    the start (``not_before``): an ``iat`` of the second the process started in could
+    be from just before it, and is refused too. The server starts listening only at
+    ``not_before`` (``SecretsApiServer.app``'s startup), so no client can have sent such an
+    identifier to this process before it is refused.
     """
 
-    def __init__(self, max_entries: int = 200_000, *, not_before: float | None = None) -> None:
+    def __init__(self, max_entries: int = 200_000, *, started: float | None = None) -> None:
         self._seen: dict[str, float] = {}
         self.max_entries = max_entries
-        self.not_before = (time.time() if not_before is None else not_before) - 1.0
+        self.not_before = float(math.floor(time.time() if started is None else started) + 1)
 
     def first_use(
         self,

@@ -18,9 +18,11 @@ binding of grant reads.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -261,7 +263,15 @@ class SecretsAPI:
         r.add_get(PATHS["keys"], self._keys)
         r.add_get(PATHS["versions"], self._versions)
         r.add_post(PATHS["bulk"], self._bulk)
+        app.on_startup.append(self._wait_for_replay_memory)
         return app
+
+    async def _wait_for_replay_memory(self, _: web.Application) -> None:
+        """Serving starts at the replay memories' ``not_before`` (within a second of the
+        start): every one-time identifier this process accepts was issued after it began
+        to remember them."""
+        ready = max(self.reader.replays.not_before, self.management_replays.not_before)
+        await asyncio.sleep(max(0.0, ready - time.time()))
 
     async def start(self, address: str, port: int, cert: Any) -> None:
         """Serve on ``address:port`` with ``cert`` (a ServingCert, or a ready SSLContext)."""

@@ -34,6 +34,7 @@ lint: venv
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/ruff format --check operator tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 crds: venv  ## regenerate crds/ from the API models
 	$(VENV)/bin/secretgrants crds --write crds

@@ -8,8 +8,8 @@ grant's status), or in a container outside the grant's ``delivery.containers``,
 at creation and when ephemeral containers are added (an UPDATE of
 ``pods/ephemeralcontainers``), and refuses updates of a created pod that change
 its ``secretgrants.io/reservations`` annotation. Decisions live in
-``admission`` and ``uses``; this module reads, retries and answers
-AdmissionReviews.
+``admission``, ``injection``, ``secret_use`` and ``uses``; this module reads,
+retries and answers AdmissionReviews.
 """
 
 from __future__ import annotations
@@ -35,24 +35,13 @@ from secretgrants import tracing
 from secretgrants.admission import (
     DRY_RUN_RESERVATION,
     AdmissionDenied,
-    GrantMount,
-    added_ephemeral_containers,
     admits,
-    check_delivery_containers,
-    check_delivery_use,
-    check_ephemeral_use,
     check_grant_for_pod,
     check_reservations_kept,
-    container_secret_refs,
     delivered_secret,
-    direct_secret_mounts,
-    grant_mount,
-    injection_patch,
     metered,
-    mounted_secrets,
     pod_service_account,
     requested_grants,
-    secret_users,
     service_account_replaced,
 )
 from secretgrants.api.common import now
@@ -60,8 +49,19 @@ from secretgrants.audit import Auditor, EventType
 from secretgrants.audit import Effect as AuditEffect
 from secretgrants.delivery import DELIVERY_PREFIX, delivery_secret_name
 from secretgrants.grant_reads import GrantReads
+from secretgrants.injection import GrantMount, grant_mount, injection_patch
 from secretgrants.metrics import Metrics
 from secretgrants.pki import new_ca
+from secretgrants.secret_use import (
+    added_ephemeral_containers,
+    check_delivery_containers,
+    check_delivery_use,
+    check_ephemeral_use,
+    container_secret_refs,
+    direct_secret_mounts,
+    mounted_secrets,
+    secret_users,
+)
 from secretgrants.uses import release, reserve
 from secretgrants.webhook_config import MUTATE_PATH, VALIDATE_PATH
 

@@ -353,7 +353,7 @@ def _pod(name: str, spec: dict[str, Any]) -> str:
 
 _SG = "sg-db-1234abcd"  # named like a delivery Secret; it need not exist for admission
 _C = {"name": "app", "image": "registry.invalid/app:1"}
-# Every place a pod can use a Secret (admission.direct_secret_mounts): each must still
+# Every place a pod can use a Secret (secret_use.direct_secret_mounts): each must still
 # reach the validating webhook through its matchConditions, and so be refused while the
 # operator is down.
 _USES_DELIVERY_SECRET = {

@@ -4,7 +4,7 @@ What goes in: grant ``db`` delivered only to container ``app``, and pods whose
 other containers (``sidecar``, init and ephemeral containers) mount a volume
 carrying its delivery Secret, under any volume name, or read it through
 ``env`` / ``envFrom``. What is asserted: the pure decision
-(``admission.check_delivery_containers``), and that the validating webhook
+(``secret_use.check_delivery_containers``), and that the validating webhook
 (``PodAdmission.validate`` and ``validate_ephemeral``) refuses such pods with
 ``ContainerNotAllowed`` and audits refusals and allowed ephemeral uses.
 """
@@ -15,19 +15,16 @@ from typing import Any
 
 import pytest
 
-from secretgrants.admission import (
-    ANNOTATION_RESERVATIONS,
-    LABEL_INJECT,
-    AdmissionDenied,
+from secretgrants.admission import ANNOTATION_RESERVATIONS, LABEL_INJECT, AdmissionDenied
+from secretgrants.audit import Auditor, MemorySink
+from secretgrants.delivery import delivery_secret_name
+from secretgrants.injection import grant_mount, injection_patch
+from secretgrants.secret_use import (
     check_delivery_containers,
     delivery_containers,
-    grant_mount,
-    injection_patch,
     mounted_secrets,
     secret_users,
 )
-from secretgrants.audit import Auditor, MemorySink
-from secretgrants.delivery import delivery_secret_name
 from secretgrants.webhook import PodAdmission
 from tests.unit.test_admission_reads import NS, CountingStore, a_grant
 

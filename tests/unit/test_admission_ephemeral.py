@@ -3,7 +3,7 @@
 What goes in: a pod admitted (or not) with grant ``db`` (a volume carrying its
 delivery Secret, as the mutating webhook injects it), and the same pod with
 ephemeral containers added. What is asserted: the pure decision
-(``admission.check_ephemeral_use``), that it rests on the pod's volumes and
+(``secret_use.check_ephemeral_use``), that it rests on the pod's volumes and
 never on its annotations, which containers count as added, the webhook's
 dispatch of such reviews, and the configuration that asks for them.
 """
@@ -15,16 +15,14 @@ from typing import Any
 
 import pytest
 
-from secretgrants.admission import (
-    ANNOTATION_RESERVATIONS,
-    AdmissionDenied,
+from secretgrants.admission import ANNOTATION_RESERVATIONS, AdmissionDenied, pod_reservations
+from secretgrants.audit import Auditor, MemorySink
+from secretgrants.delivery import delivery_secret_name
+from secretgrants.secret_use import (
     added_ephemeral_containers,
     check_ephemeral_use,
     container_secret_refs,
-    pod_reservations,
 )
-from secretgrants.audit import Auditor, MemorySink
-from secretgrants.delivery import delivery_secret_name
 from secretgrants.webhook import PodAdmission, WebhookServer, serving_cert
 from secretgrants.webhook_config import VALIDATE_PATH, mutating, validating
 from tests.unit.test_admission_reads import NS, CountingStore, a_grant, admission

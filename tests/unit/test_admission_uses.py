@@ -1,4 +1,4 @@
-"""Pure admission decisions and use accounting (secretgrants.admission, secretgrants.uses)."""
+"""Pure admission decisions and use accounting (admission, injection, secret_use, uses)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from secretgrants.admission import (
     ANNOTATION_RESERVATIONS,
     AdmissionDenied,
     check_grant_for_pod,
-    direct_secret_mounts,
-    grant_mount,
-    injection_patch,
     pod_service_account,
     requested_grants,
     reservation_ids,
 )
+from secretgrants.injection import grant_mount, injection_patch
+from secretgrants.secret_use import direct_secret_mounts
 from secretgrants.uses import release, reserve, settle
 
 AT = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)

@@ -26,6 +26,14 @@ DOCS = sorted((REPO / "docs").glob("*.md"))
 FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```", re.S | re.M)
 CHECK = re.compile(r"<!-- check: ([a-z0-9-]+)(?: \(excerpt\))? -->")
 SOURCES = REPO / "operator" / "secretgrants"
+# The modules that refuse pods (AdmissionDenied with a reason), as troubleshooting.md names them.
+ADMISSION_MODULES = (
+    "admission.py",
+    "injection.py",
+    "secret_use.py",
+    "uses.py",
+    "webhook.py",
+)
 # The AdmissionDenied("Reason", ...) calls; the reason may be on the next line.
 ADMISSION_REASON = re.compile(r'AdmissionDenied\(\s*(?:\n\s*)?"([A-Za-z]+)"')
 KUBECTL_VERBS = {
@@ -50,7 +58,7 @@ def section(text: str, heading: str) -> str:
 
 def admission_reasons() -> set[str]:
     found: set[str] = set()
-    for name in ("admission.py", "uses.py", "webhook.py"):
+    for name in ADMISSION_MODULES:
         found |= set(ADMISSION_REASON.findall((SOURCES / name).read_text()))
     return found
 

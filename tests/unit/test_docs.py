@@ -30,6 +30,7 @@ SOURCES = REPO / "operator" / "secretgrants"
 ADMISSION_MODULES = (
     "admission.py",
     "injection.py",
+    "pod_mutation.py",
     "secret_use.py",
     "uses.py",
     "webhook.py",

@@ -40,8 +40,7 @@ import httpx
 from secretgrants.errors import PDPUnavailable
 from secretgrants.policy._http import HTTPOptions, JSONClient, parse_json
 from secretgrants.policy.base import FailClosedPDP, new_decision_id, unavailable
-from secretgrants.policy.model import AccessRequest, Decision, Effect, parse_obligations
-from secretgrants.reasons import Reason
+from secretgrants.policy.model import AccessRequest, Decision, answered_decision
 
 __all__ = [
     "EVALUATIONS_PATH",
@@ -121,23 +120,13 @@ def decision_from_authzen(answer: object, *, kind: str = "authzen") -> Decision:
             name == "obligations" and isinstance(nested, Mapping)
         ):
             raw[name] = value
-    obligations, problems = parse_obligations(raw)
-
-    if verdict and problems:
-        return Decision(
-            decision_id=decision_id,
-            effect=Effect.DENY,
-            reason=Reason.UNKNOWN_OBLIGATION.value,
-            pdp_kind=kind,
-            obligations=obligations,
-            detail=f"the PDP permitted ({reason}) but {'; '.join(problems)}",
-        )
-    return Decision(
+    return answered_decision(
         decision_id=decision_id,
-        effect=Effect.PERMIT if verdict else Effect.DENY,
+        allowed=verdict,
         reason=reason,
         pdp_kind=kind,
-        obligations=obligations,
+        raw_obligations=raw,
+        who="the PDP",
     )
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "RequestContext",
     "Resource",
     "Subject",
+    "answered_decision",
     "apply_obligations",
     "parse_obligations",
     "rfc3339",
@@ -454,6 +455,37 @@ class Decision(_Frozen):
     def message(self) -> str:
         """One line for a condition or event message."""
         return self.reason if self.detail is None else f"{self.reason}: {self.detail}"
+
+
+def answered_decision(
+    *,
+    decision_id: str,
+    allowed: bool,
+    reason: str,
+    pdp_kind: str,
+    raw_obligations: Mapping[str, Any],
+    who: str,
+) -> Decision:
+    """A remote PDP's verdict as a Decision: a permit whose obligations cannot be read is a
+    deny (``UnknownObligation``), since the PEP cannot enforce a limit it cannot read.
+    ``who`` names the answering side in that deny's detail ("the policy", "the PDP")."""
+    obligations, problems = parse_obligations(raw_obligations)
+    if allowed and problems:
+        return Decision(
+            decision_id=decision_id,
+            effect=Effect.DENY,
+            reason=Reason.UNKNOWN_OBLIGATION.value,
+            pdp_kind=pdp_kind,
+            obligations=obligations,
+            detail=f"{who} permitted ({reason}) but {'; '.join(problems)}",
+        )
+    return Decision(
+        decision_id=decision_id,
+        effect=Effect.PERMIT if allowed else Effect.DENY,
+        reason=reason,
+        pdp_kind=pdp_kind,
+        obligations=obligations,
+    )
 
 
 class Enforcement(_Frozen):

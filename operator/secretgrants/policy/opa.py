@@ -26,8 +26,7 @@ import httpx
 from secretgrants.errors import PDPUnavailable
 from secretgrants.policy._http import HTTPOptions, JSONClient
 from secretgrants.policy.base import FailClosedPDP, new_decision_id
-from secretgrants.policy.model import AccessRequest, Decision, Effect, parse_obligations
-from secretgrants.reasons import Reason
+from secretgrants.policy.model import AccessRequest, Decision, Effect, answered_decision
 
 __all__ = ["DEFAULT_DECISION_PATH", "OPAClient", "decision_from_opa", "normalise_path"]
 
@@ -90,22 +89,13 @@ def decision_from_opa(payload: object, *, kind: str = "opa", path: str = "") -> 
         if isinstance(reason_value, str) and reason_value
         else ("permitted by the policy" if allow else "denied by the policy")
     )
-    obligations, problems = parse_obligations(raw_obligations)
-    if allow and problems:
-        return Decision(
-            decision_id=decision_id,
-            effect=Effect.DENY,
-            reason=Reason.UNKNOWN_OBLIGATION.value,
-            pdp_kind=kind,
-            obligations=obligations,
-            detail=f"the policy permitted ({reason}) but {'; '.join(problems)}",
-        )
-    return Decision(
+    return answered_decision(
         decision_id=decision_id,
-        effect=Effect.PERMIT if allow else Effect.DENY,
+        allowed=allow,
         reason=reason,
         pdp_kind=kind,
-        obligations=obligations,
+        raw_obligations=raw_obligations,
+        who="the policy",
     )
 
 

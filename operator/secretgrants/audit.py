@@ -19,7 +19,7 @@ import hmac
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar, cast
@@ -36,10 +36,12 @@ __all__ = [
     "Effect",
     "EventType",
     "MemorySink",
+    "audit_fields",
     "correlated",
     "correlated_handler",
     "current_correlation_id",
     "resource_ref",
+    "subject",
 ]
 
 log = logging.getLogger("secretgrants.audit")
@@ -202,3 +204,28 @@ class Auditor:
         event = AuditEvent.model_validate(fields)
         await self.emit(event)
         return event
+
+
+def subject(namespace: str, service_account: object) -> str | None:
+    if not service_account:
+        return None
+    return f"system:serviceaccount:{namespace}:{service_account}"
+
+
+def audit_fields(
+    namespace: str, name: str, status: Mapping[str, Any], spec: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The audit fields of a grant from its status and spec (never its URI)."""
+    spec = spec or {}
+    binding = status.get("binding") or {}
+    return {
+        "grant_namespace": namespace,
+        "grant_name": name,
+        "subject": subject(
+            namespace, binding.get("serviceAccountName") or spec.get("serviceAccountName")
+        ),
+        "tenant": status.get("tenant"),
+        "purpose": spec.get("purpose", "read"),
+        "resource_ref": status.get("resourceRef"),
+        "decision_id": (status.get("decision") or {}).get("id"),
+    }

@@ -22,9 +22,11 @@ from secretgrants.audit import (
     Auditor,
     EventType,
     MemorySink,
+    audit_fields,
     correlated_handler,
 )
 from secretgrants.audit import Effect as AuditEffect
+from secretgrants.audit import subject as _subject
 from secretgrants.audit_kafka import KafkaSink, aiokafka_producer
 from secretgrants.audit_sinks import KubeEventSink, StdoutSink
 from secretgrants.bookkeeping import SpecDigestStorage, progress_storage
@@ -48,13 +50,11 @@ from secretgrants.kube import KubeClient
 from secretgrants.kube import login as kube_login
 from secretgrants.lifecycle import (
     Tending,
-    audit_fields,
     end_grant,
     renew_now,
     revoking,
     secret_of,
 )
-from secretgrants.lifecycle import subject as _subject
 from secretgrants.metrics import Metrics, serve
 from secretgrants.policy import build_pdp
 from secretgrants.providers import ProviderRegistry

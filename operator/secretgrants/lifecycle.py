@@ -26,7 +26,7 @@ from secretgrants.admission import reservation_ids
 from secretgrants.api.common import now
 from secretgrants.api.grant import SecretGrantRequestSpec, WorkloadRef
 from secretgrants.audit import Effect as AuditEffect
-from secretgrants.audit import EventType, correlated
+from secretgrants.audit import EventType, audit_fields, correlated
 from secretgrants.delivery import ANNOTATION_STATE, delivery_secret_name
 from secretgrants.errors import SecretGrantsError
 from secretgrants.grants import (
@@ -54,14 +54,12 @@ __all__ = [
     "Ending",
     "Outcome",
     "Tending",
-    "audit_fields",
     "end_grant",
     "expiring",
     "renew_now",
     "replace_status",
     "revoking",
     "secret_of",
-    "subject",
 ]
 
 log = logging.getLogger("secretgrants")
@@ -381,31 +379,6 @@ def _epoch(stamp: str) -> float:
 
 def secret_of(name: str, status: Mapping[str, Any]) -> str:
     return (status.get("delivery") or {}).get("secretName") or delivery_secret_name(name)
-
-
-def subject(namespace: str, service_account: object) -> str | None:
-    if not service_account:
-        return None
-    return f"system:serviceaccount:{namespace}:{service_account}"
-
-
-def audit_fields(
-    namespace: str, name: str, status: Mapping[str, Any], spec: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """The audit fields of a grant from its status and spec (never its URI)."""
-    spec = spec or {}
-    binding = status.get("binding") or {}
-    return {
-        "grant_namespace": namespace,
-        "grant_name": name,
-        "subject": subject(
-            namespace, binding.get("serviceAccountName") or spec.get("serviceAccountName")
-        ),
-        "tenant": status.get("tenant"),
-        "purpose": spec.get("purpose", "read"),
-        "resource_ref": status.get("resourceRef"),
-        "decision_id": (status.get("decision") or {}).get("id"),
-    }
 
 
 def _generation(grant: Mapping[str, Any]) -> int | None:

@@ -25,6 +25,7 @@ from secretgrants.audit import (
     current_correlation_id,
     resource_ref,
 )
+from secretgrants.audit import subject as _subject
 from secretgrants.delivery import (
     ANNOTATION_STATE,
     check_secret_keys,
@@ -47,7 +48,6 @@ from secretgrants.lifecycle import (
     Outcome,
     secret_of,
 )
-from secretgrants.lifecycle import subject as _subject
 from secretgrants.metrics import Metrics
 from secretgrants.policy import Decision, Effect, PolicyDecisionPoint, apply_obligations
 from secretgrants.reasons import Reason

@@ -10,6 +10,7 @@ aside, and both log in through :func:`login` (registered with kopf in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
@@ -18,7 +19,7 @@ import json
 import logging
 import uuid
 from base64 import b64decode
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -29,7 +30,7 @@ import kopf
 from secretgrants import __version__, kubeconfig
 from secretgrants.api.common import GROUP, VERSION
 
-__all__ = ["CONNECTIONS", "KubeAPIError", "KubeClient", "Login", "login"]
+__all__ = ["CONNECTIONS", "KubeAPIError", "KubeClient", "Login", "WatchEvent", "login"]
 
 log = logging.getLogger("secretgrants.kube")
 
@@ -39,6 +40,9 @@ MAX_MESSAGE: Final = 1000  # characters of a Status message kept in an error
 MERGE_PATCH: Final = "application/merge-patch+json"
 # Pods' metadata only: the apiserver leaves out spec and status (kubectl does the same).
 METADATA_LIST: Final = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io"
+METADATA: Final = "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"  # each watch event
+LIST_PAGE: Final = 500  # objects per page of a list the operator pages through
+MAX_WATCH_LINE: Final = 16 << 20  # bytes of one watch event (a pod's metadata is far less)
 
 _GRANTS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/secretgrantrequests"
 _ADMISSION = "/apis/admissionregistration.k8s.io/v1"
@@ -47,6 +51,10 @@ _WORKLOADS: Final = {
     "StatefulSet": "statefulsets",
     "DaemonSet": "daemonsets",
 }
+
+
+# One event of a watch: its type (ADDED, MODIFIED, DELETED, BOOKMARK) and the object's metadata.
+WatchEvent = tuple[str, dict[str, Any]]
 
 
 class KubeAPIError(Exception):
@@ -162,6 +170,39 @@ def _jsonable(obj: Any) -> Any:
 
 def _name(value: str) -> str:
     return quote(value, safe="")
+
+
+def _pods(namespace: str | None) -> str:
+    return "/api/v1/pods" if namespace is None else f"/api/v1/namespaces/{_name(namespace)}/pods"
+
+
+async def _watch_events(response: aiohttp.ClientResponse, path: str) -> AsyncIterator[WatchEvent]:
+    """The events of a watch response: one JSON document per line."""
+    buffer = b""
+    async for chunk in response.content.iter_any():
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        if len(buffer) > MAX_WATCH_LINE:
+            raise KubeAPIError(0, "WatchEventTooLarge", method="WATCH", path=path)
+        for line in lines:
+            if line.strip():
+                yield _watch_event(json.loads(line), path)
+    if buffer.strip():
+        yield _watch_event(json.loads(buffer), path)
+
+
+def _watch_event(event: Mapping[str, Any], path: str) -> WatchEvent:
+    obj = event.get("object") or {}
+    type_ = str(event.get("type") or "")
+    if type_ == "ERROR":  # a Status: 410 Gone when the resourceVersion is too old
+        raise KubeAPIError(
+            int(obj.get("code") or 500),
+            str(obj.get("reason") or ""),
+            str(obj.get("message") or "")[:MAX_MESSAGE],
+            method="WATCH",
+            path=path,
+        )
+    return type_, dict(obj.get("metadata") or {})
 
 
 class KubeClient:
@@ -355,6 +396,64 @@ class KubeClient:
             }
             for p in pods.get("items") or []
         ]
+
+    async def list_pod_metadata(
+        self, namespace: str | None, label_selector: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        """The metadata of the pods that match ``label_selector`` (in every namespace when
+        ``namespace`` is None), page by page, and the resourceVersion to watch from."""
+        path = _pods(namespace)
+        params = {"labelSelector": label_selector, "limit": str(LIST_PAGE)}
+        found: list[dict[str, Any]] = []
+        while True:
+            page = await self._call(
+                "GET", path, accept=f"{METADATA_LIST},application/json", params=params
+            )
+            found += [dict(p.get("metadata") or {}) for p in page.get("items") or []]
+            meta = page.get("metadata") or {}
+            if not meta.get("continue"):
+                return found, str(meta.get("resourceVersion") or "")
+            params["continue"] = str(meta["continue"])
+
+    @contextlib.asynccontextmanager
+    async def watch_pod_metadata(
+        self,
+        namespace: str | None,
+        label_selector: str,
+        resource_version: str,
+        *,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+        """One watch request for the metadata of the pods that match ``label_selector``,
+        from ``resource_version``, with bookmarks; entered once the apiserver accepted it.
+
+        Yields the events (type and metadata) until the apiserver ends the watch (after
+        ``timeout_seconds``). A failed request, and an ERROR event (410 Gone: the
+        resourceVersion is too old to resume from), raise :class:`KubeAPIError`.
+        """
+        session, auth = await self._open()
+        path = _pods(namespace)
+        params = {
+            "watch": "true",
+            "labelSelector": label_selector,
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        headers = {**auth.current(), "Accept": f"{METADATA},application/json"}
+        # No total time: the stream lasts timeout_seconds; silence well past it is a dead peer.
+        timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=timeout_seconds + 30)
+        async with session.get(
+            self._server + path, params=params, headers=headers, timeout=timeout
+        ) as response:
+            if response.status >= 400:
+                raw = await response.read()
+                if response.status == 401:
+                    await self._relogin(auth)  # the next watch logs in again
+                raise KubeAPIError.from_response(
+                    response.status, response.reason, raw, method="WATCH", path=path
+                )
+            yield _watch_events(response, path)
 
     async def apply_webhook_configuration(self, body: dict[str, Any]) -> None:
         """Create the (Mutating|Validating)WebhookConfiguration, or bring it to ``body``."""

@@ -22,7 +22,6 @@ from typing import Any, NamedTuple, Protocol, cast
 import kopf
 
 from secretgrants import tracing
-from secretgrants.admission import reservation_ids
 from secretgrants.api.common import now
 from secretgrants.api.grant import SecretGrantRequestSpec, WorkloadRef
 from secretgrants.audit import Effect as AuditEffect
@@ -42,12 +41,12 @@ from secretgrants.grants import (
     revoked_status,
 )
 from secretgrants.metrics import Metrics
+from secretgrants.pod_uses import settle_uses
 from secretgrants.reasons import Phase
 from secretgrants.restarts import RestartLimiter, restart_patch
 from secretgrants.schedule import Key
 from secretgrants.scheduler import Scheduler
 from secretgrants.serial import RENEWABLE_PHASES, merge_patch, must_blank, renewal_blocked
-from secretgrants.uses import settle
 
 __all__ = [
     "DeliverIf",
@@ -118,45 +117,6 @@ class Authorize(Protocol):
 
 
 SETTLE_INTERVAL_SECONDS = 2.0  # how often reserved uses are confirmed or given back
-
-
-async def settle_uses(memo: kopf.Memo, namespace: str, name: str) -> None:
-    """Confirm uses that created pods carry; give back those no pod claimed in time.
-
-    Every pod of the namespace is listed (metadata only), not only those with the inject
-    label: a label can be taken off a running pod, and its use must stay counted. The
-    reservations annotation itself cannot be changed (the validating webhook refuses it).
-    """
-    window = dt.timedelta(seconds=memo.config.reservation_window_seconds)
-    pods = await memo.kube.list_pod_annotations(namespace)
-    seen = reservation_ids(pods, name)
-    for _ in range(5):
-        grant = await memo.kube.read_grant(namespace, name)
-        if grant is None:
-            return
-        updated = settle(
-            grant.get("status") or {},
-            seen,
-            window=window,
-            generation=(grant.get("metadata") or {}).get("generation"),
-        )
-        if updated is None:
-            return
-        if (
-            await memo.kube.replace_grant_status(namespace, {**grant, "status": updated})
-            is not None
-        ):
-            before = int((grant.get("status") or {}).get("usesConsumed") or 0)
-            released = before - int(updated.get("usesConsumed") or 0)
-            if released > 0:
-                await memo.audit.record(
-                    type=EventType.USE_RELEASED,
-                    effect=AuditEffect.PERMIT,
-                    reason="NoPodCreated",
-                    message=f"{released} use(s) given back: no created pod claimed them",
-                    **audit_fields(namespace, name, updated, grant.get("spec")),
-                )
-            return
 
 
 class Tended(NamedTuple):
@@ -317,7 +277,7 @@ class Tending:
             with tracing.span(
                 tracing.SPAN_GRANT, grant_namespace=namespace, grant_name=name, trigger="settle"
             ):
-                await settle_uses(memo, namespace, name)  # a change comes back by the watch
+                await settle_uses(memo, namespace, name, raw)  # a change comes back by the watch
         given_up = self._given_up.get(key)
         if renewal_due(spec, status, now=current, given_up_for=given_up):
             renewal = await _renew(memo, raw, self._indexes, self._authorize, phases=LIVE_PHASES)

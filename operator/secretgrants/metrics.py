@@ -67,6 +67,12 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.pod_watch_restarts = Counter(
+            f"{PREFIX}_pod_watch_restarts_total",
+            "Restarts of the pod watch that confirms uses: Gone (listed again) or Error.",
+            ["reason"],
+            registry=r,
+        )
         self.errors = Counter(
             f"{PREFIX}_errors_total", "Provider and PDP errors, by reason.", ["reason"], registry=r
         )

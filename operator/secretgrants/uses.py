@@ -20,7 +20,7 @@ from secretgrants.api.common import ConditionStatus, now, set_condition
 from secretgrants.grants import parse_conditions
 from secretgrants.reasons import ConditionType, Phase, Reason
 
-__all__ = ["consume", "release", "reserve", "settle"]
+__all__ = ["consume", "release", "reserve", "settle", "unclaimed"]
 
 
 def _ts(value: dt.datetime) -> str:
@@ -121,16 +121,24 @@ def settle(
     if not pending:
         return None
     confirmed = {r["id"] for r in pending if r.get("id") in seen}
-    stale = {
-        r["id"]
-        for r in pending
-        if r.get("id") not in seen and _parse(str(r["reservedAt"])) + window <= at
-    }
+    stale = unclaimed(status, seen, window=window, at=at)
     if not confirmed and not stale:
         return None
     out = release(status, stale, generation=generation, at=at)
     out["reservations"] = [r for r in out.get("reservations") or [] if r.get("id") not in confirmed]
     return out
+
+
+def unclaimed(
+    status: Mapping[str, Any], seen: Set[str], *, window: dt.timedelta, at: dt.datetime
+) -> set[str]:
+    """The pending reservations that ``settle`` at ``at`` would give back: none of ``seen``,
+    and older than ``window``."""
+    return {
+        r["id"]
+        for r in status.get("reservations") or []
+        if r.get("id") not in seen and _parse(str(r["reservedAt"])) + window <= at
+    }
 
 
 def consume(

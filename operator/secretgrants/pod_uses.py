@@ -164,6 +164,10 @@ class PodWatch:
                 async with self._source.watch_pod_metadata(
                     self._namespace, SELECTOR, version, timeout_seconds=WATCH_SECONDS
                 ) as events:
+                    if not self.seen.synced:
+                        log.info(
+                            "watching pods with the label %s: uses are confirmed by it", SELECTOR
+                        )
                     self.seen.synced = True
                     failures = 0
                     async for type_, metadata in events:

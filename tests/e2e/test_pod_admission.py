@@ -307,6 +307,41 @@ def test_a_use_counted_for_a_pod_refused_later_is_given_back(
     eventually(released, timeout=30)
 
 
+def test_a_pod_gone_at_once_keeps_its_use(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess, core: Any
+) -> None:
+    """A pod force-deleted right after it was admitted, before the operator ever looked
+    at the namespace's pods: the operator's pod watch saw it created, so its use stays
+    counted past the window (SECRETGRANTS_RESERVATION_WINDOW is 5 s here)."""
+    ns = ready_namespace
+    eventually(lambda: _assert_in("watching pods with the label", operator.log()), timeout=30)
+    granted(cluster, ns, maxUses=1)
+    core.create_namespaced_pod(ns, pod("brief"))
+    core.delete_namespaced_pod("brief", ns, grace_period_seconds=0)
+    gone = cluster.kubectl("get", "pod", "brief", "-n", ns, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr, gone.stdout
+    st = get(cluster, "sgr", "db", ns)["status"]
+    assert len(st["reservations"]) == 1 and st["phase"] == "Exhausted", st
+
+    def settled() -> dict[str, Any]:
+        st = get(cluster, "sgr", "db", ns)["status"]
+        assert not st.get("reservations"), st
+        return st  # type: ignore[no-any-return]
+
+    st = eventually(settled, timeout=30)
+    assert (st["usesConsumed"], st["usesRemaining"], st["phase"]) == (1, 0, "Exhausted"), st
+    time.sleep(6)  # past the window: a use given back would show by now
+    st = get(cluster, "sgr", "db", ns)["status"]
+    assert (st["usesConsumed"], st["usesRemaining"], st["phase"]) == (1, 0, "Exhausted"), st
+    ok, err = create_pod(cluster, ns, pod("second"))
+    assert not ok and "no uses left" in err, err
+    assert not [e for e in operator.audit_events() if e.get("type") == "use_released"]
+
+
+def _assert_in(part: str, text: str) -> None:
+    assert part in text, part
+
+
 def test_service_account_deleted_or_recreated_revokes(
     cluster: Cluster, ready_namespace: str, operator: OperatorProcess
 ) -> None:

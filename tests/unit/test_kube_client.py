@@ -230,6 +230,55 @@ async def test_pods_are_listed_as_metadata_only(api: StubAPI, kube: KubeClient) 
     assert api.seen[-1].query == {}  # every pod of the namespace
 
 
+async def test_labelled_pods_are_listed_page_by_page_and_watched_from_the_list(
+    api: StubAPI, kube: KubeClient
+) -> None:
+    first = {"metadata": {"continue": "next", "resourceVersion": "7"}, "items": [
+        {"metadata": {"name": "p1", "namespace": "a", "annotations": {"x": "1"}}},
+    ]}  # fmt: skip
+    last = {"metadata": {"resourceVersion": "7"}, "items": [{"metadata": {"name": "p2"}}]}
+    api.on("GET", "/api/v1/pods", (200, first), (200, last))
+    pods, version = await kube.list_pod_metadata(None, "secretgrants.io/inject=true")
+    assert [p["name"] for p in pods] == ["p1", "p2"] and version == "7"
+    assert [s.query.get("continue") for s in api.seen] == [None, "next"]
+    assert api.seen[0].query["labelSelector"] == "secretgrants.io/inject=true"
+    assert api.seen[0].headers["Accept"].startswith("application/json;as=PartialObjectMetadataList")
+    events = [
+        {"type": "ADDED", "object": {"metadata": {"name": "p3", "resourceVersion": "8"}}},
+        {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}},
+        {"type": "DELETED", "object": {"metadata": {"name": "p3", "resourceVersion": "10"}}},
+    ]
+    stream = "".join(json.dumps(e) + "\n" for e in events)
+    api.on("GET", "/api/v1/namespaces/ns/pods", (200, stream))
+    async with kube.watch_pod_metadata("ns", "secretgrants.io/inject=true", "7") as watch:
+        got = [(type_, meta.get("resourceVersion")) async for type_, meta in watch]
+    assert got == [("ADDED", "8"), ("BOOKMARK", "9"), ("DELETED", "10")]
+    seen = api.seen[-1]
+    assert seen.query == {
+        "watch": "true",
+        "labelSelector": "secretgrants.io/inject=true",
+        "resourceVersion": "7",
+        "allowWatchBookmarks": "true",
+        "timeoutSeconds": "300",
+    }
+    assert seen.headers["Accept"].startswith("application/json;as=PartialObjectMetadata;")
+
+
+async def test_a_watch_too_far_behind_or_refused_raises(api: StubAPI, kube: KubeClient) -> None:
+    expired = {"type": "ERROR", "object": status(410, "Expired", "too old resource version")}
+    api.on("GET", "/api/v1/pods", (200, json.dumps(expired) + "\n"))
+    with pytest.raises(KubeAPIError, match="410 Expired: too old") as raised:
+        async with kube.watch_pod_metadata(None, "l=v", "1") as watch:
+            async for _ in watch:
+                pass
+    assert raised.value.status == 410
+    api.on("GET", "/api/v1/pods", (403, status(403, "Forbidden", "cannot watch pods")))
+    with pytest.raises(KubeAPIError, match="403 Forbidden") as raised:
+        async with kube.watch_pod_metadata(None, "l=v", "1"):
+            raise AssertionError("entered a refused watch")
+    assert raised.value.status == 403
+
+
 async def test_small_reads(api: StubAPI, kube: KubeClient) -> None:
     api.on("GET", "/api/v1/namespaces/ns/serviceaccounts/app", (200, {"metadata": {"uid": "u-1"}}))
     api.on("GET", "/api/v1/namespaces/ns/secrets/salt", (200, {"data": {"k": "c2FsdA=="}}))

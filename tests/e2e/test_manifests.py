@@ -72,6 +72,7 @@ def test_the_operator_account_has_what_it_needs_and_nothing_broader(
         ("get", "secrets", "-n", OPERATOR_NS),  # tenant salts only
         ("watch", "serviceaccounts", "-A"),
         ("list", "pods", "-n", "any"),
+        ("watch", "pods", "-A"),  # the pod watch that confirms uses (pod_uses)
         ("create", "tokenreviews.authentication.k8s.io"),
         ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
         ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/secretgrants"),
@@ -168,6 +169,11 @@ def test_the_operator_does_its_job_with_only_its_rbac(
         volumes = {v["name"] for v in get(cluster, "pod", "web", ns)["spec"]["volumes"]}
         assert "sg-db" in volumes
         assert obj["status"]["delivery"]["secretName"]
+
+        def watching_pods() -> None:  # with watch on pods: see pod_uses
+            assert "watching pods with the label" in op.log(), op.log()[-3000:]
+
+        eventually(watching_pods, timeout=30)
         log = op.log()
         assert "Forbidden" not in log and " 403" not in log, log[-3000:]
         assert SECRET_VALUE not in log

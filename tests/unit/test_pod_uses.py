@@ -247,9 +247,11 @@ async def test_a_failing_watch_is_not_in_sync_until_it_is_back() -> None:
     seen = SeenUses(keep_seconds=120)
     forbidden = KubeAPIError(403, "Forbidden", method="WATCH", path="/")
     source = ScriptedPods(lists=[([], "1")], sessions=[forbidden, forbidden])
-    watch = PodWatch(source, seen, namespace=NS, backoff_seconds=0.05)
+    watch = PodWatch(source, seen, namespace=NS, backoff_seconds=0.2)
     watch.start()
-    await asyncio.sleep(0.02)
+    async with asyncio.timeout(5):
+        while not source.watched_from:
+            await asyncio.sleep(0)
     assert not seen.synced and source.watched_from == ["1"]  # waiting out the backoff
     async with asyncio.timeout(5):
         await source.idle.wait()

@@ -181,9 +181,11 @@ async def _watch_events(response: aiohttp.ClientResponse, path: str) -> AsyncIte
     buffer = b""
     async for chunk in response.content.iter_any():
         buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        if len(buffer) > MAX_WATCH_LINE:
+        if len(buffer) > MAX_WATCH_LINE and b"\n" not in buffer:
             raise KubeAPIError(0, "WatchEventTooLarge", method="WATCH", path=path)
+        if b"\n" not in chunk:
+            continue  # an event that spans chunks: split once it is complete
+        *lines, buffer = buffer.split(b"\n")
         for line in lines:
             if line.strip():
                 yield _watch_event(json.loads(line), path)

@@ -17,7 +17,6 @@ a 410 Gone). While the watch is not in sync, settling lists every time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -32,6 +31,7 @@ from secretgrants.api.common import now
 from secretgrants.audit import Effect, EventType, audit_fields
 from secretgrants.kube import KubeAPIError, WatchEvent
 from secretgrants.metrics import Metrics
+from secretgrants.tasks import cancel_and_wait
 from secretgrants.uses import settle, unclaimed
 
 __all__ = ["KEEP_WINDOWS", "SELECTOR", "PodWatch", "SeenUses", "settle_uses"]
@@ -144,12 +144,9 @@ class PodWatch:
             self._task = asyncio.get_running_loop().create_task(self.run(), name="pod-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
         self.seen.synced = False
+        await cancel_and_wait(task)
 
     async def run(self) -> None:
         version: str | None = None

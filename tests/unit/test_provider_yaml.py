@@ -227,8 +227,9 @@ async def test_reloads_on_same_size_same_mtime_replacement(
 
 async def test_missing_file_is_unavailable(tmp_path: Path) -> None:
     p = YAMLFileProvider(tmp_path / "absent.yaml")
-    with pytest.raises(ProviderUnavailable, match="does not exist"):
+    with pytest.raises(ProviderUnavailable, match="does not exist") as unavailable:
         await p.read(uri("yaml://m/s"))
+    assert str(tmp_path) not in str(unavailable.value)  # the operator's path stays in its log
 
 
 async def test_broken_file_is_unavailable_and_recovers(

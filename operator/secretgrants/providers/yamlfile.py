@@ -115,6 +115,7 @@ class YAMLFileProvider:
         self._doc: dict[Any, Any] = {}
         self.loads = 0
         """How many times the file was (re)loaded (for tests and diagnostics)."""
+        self._missing_reported = False  # its absence is logged once, with the path
 
     def __repr__(self) -> str:
         return f"YAMLFileProvider(path={str(self.path)!r}, dev_mode={self.dev_mode})"
@@ -159,9 +160,15 @@ class YAMLFileProvider:
         """The current document, read again if the file changed since the last load."""
         signature = self._stat()
         if signature is None:
+            if not self._missing_reported:
+                # The path is the operator's configuration, not the tenant's: it goes to
+                # the operator's log (once per absence), and the grant's status says only
+                # which setting to look at.
+                log.warning("the YAML vault file %s does not exist", self.path)
+                self._missing_reported = True
             self._signature = None
             self._doc = {}
-            raise ProviderUnavailable(f"the YAML vault file {str(self.path)!r} does not exist")
+            raise ProviderUnavailable("the YAML vault file (YAML_VAULT_PATH) does not exist")
         if signature == self._signature:
             return self._doc
         try:
@@ -172,6 +179,7 @@ class YAMLFileProvider:
         else:
             self._doc = self._parse(text)
             self._signature = signature
+            self._missing_reported = False
             self.loads += 1
             log.debug("loaded the YAML vault file %s", self.path)
             return self._doc

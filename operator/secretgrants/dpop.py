@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 __all__ = [
+    "PROOF_FUTURE_LEEWAY_SECONDS",
     "PROOF_MAX_AGE_SECONDS",
     "DPoPError",
     "DPoPProof",
@@ -42,7 +43,8 @@ ALGORITHMS = frozenset({"ES256", "RS256", "EdDSA"})
 _REQUIRED = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 MAX_PROOF_BYTES = 8192
-PROOF_MAX_AGE_SECONDS = 60  # a proof is accepted while |now - iat| stays within this
+PROOF_MAX_AGE_SECONDS = 60  # a proof is accepted until iat + this
+PROOF_FUTURE_LEEWAY_SECONDS = 5  # and from iat - this: a clock a little ahead, no more
 
 
 class DPoPError(Exception):
@@ -177,7 +179,14 @@ def verify_proof(
         raise DPoPError("htu does not match the request URL")
     iat = claims.get("iat")
     current = time.time() if now is None else now
-    if not isinstance(iat, int) or abs(current - iat) > max_age_seconds:
+    if (
+        not isinstance(iat, int)
+        or isinstance(iat, bool)
+        or current - iat > max_age_seconds
+        or iat - current > PROOF_FUTURE_LEEWAY_SECONDS
+    ):
+        # A proof from the future would stay fresh past a restart of the replay memory
+        # (which refuses only what was issued before the start): refused beyond a leeway.
         raise DPoPError("iat is outside the accepted window")
     jti = claims.get("jti")
     if not isinstance(jti, str) or not 8 <= len(jti) <= 256:

@@ -127,6 +127,23 @@ class Settings(BaseSettings):
         description="CA bundle for optional client certificates (mTLS) on the Secrets API; "
         "a grant read with one binds the grant to it (x5t#S256).",
     )
+    api_one_time_quota: int = Field(
+        default=10_000,
+        ge=1,
+        validation_alias=AliasChoices("SECRETGRANTS_API_ONE_TIME_QUOTA", "api_one_time_quota"),
+        description="One-time identifiers (token or DPoP proof jti) the callers of one namespace "
+        "may have remembered at once, for grant reads and for changes each; past it: 429 "
+        "TooManyOneTimeTokens, other namespaces unaffected.",
+    )
+    api_max_token_lifetime_seconds: int = Field(
+        default=3600,
+        ge=60,
+        validation_alias=AliasChoices(
+            "SECRETGRANTS_API_MAX_TOKEN_LIFETIME_SECONDS", "api_max_token_lifetime_seconds"
+        ),
+        description="Longest token lifetime (exp - iat) a Secrets API call that changes a secret "
+        "accepts (kubectl create token's default is 1 h); longer: 401 TokenLifetimeTooLong.",
+    )
     api_port: int = Field(
         default=8443,
         ge=0,

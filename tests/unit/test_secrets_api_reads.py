@@ -8,8 +8,10 @@ its decision (another secretUri) is refused with 409 GrantChanging, the provider
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime as dt
+import time
 from typing import Any
 
 import pytest
@@ -133,3 +135,23 @@ def test_give_back_reopens_an_exhausted_grant() -> None:
     assert (out["phase"], out["usesRemaining"], out["usesConsumed"]) == ("Granted", 1, 1)
     unlimited = give_back({"phase": "Granted", "usesConsumed": 5}, generation=1)
     assert unlimited["usesConsumed"] == 4 and "usesRemaining" not in unlimited
+
+
+async def test_a_token_used_on_a_grant_stays_used_after_the_grant_is_renewed() -> None:
+    """A read's token ``jti`` is remembered until the token expires, not only until the
+    grant does: a grant renewed while the token is still valid does not take it back."""
+    grant = a_grant(uses_remaining=2)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.3)
+    grant["status"]["expiresAt"] = soon.isoformat().replace("+00:00", "Z")
+    store = Store(grant)
+    reader = GrantReader(store, Providers(Provider(fail=False)), Metrics())
+    claims = {"jti": "renewed-1", "exp": int(time.time()) + 600}
+    caller = Caller(**{**CALLER.__dict__, "claims": claims})
+    assert (await reader.read(caller, "team", "db", proof=None, certificate=None))["data"]
+    await asyncio.sleep(0.4)  # the grant's first term is over ...
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    store.grant["status"]["expiresAt"] = later.isoformat().replace("+00:00", "Z")  # ... renewed
+    with pytest.raises(Problem) as replayed:
+        await reader.read(caller, "team", "db", proof=None, certificate=None)
+    assert (replayed.value.status, replayed.value.code) == (403, "Replay")
+    assert store.grant["status"]["usesRemaining"] == 1

@@ -2,8 +2,8 @@
 
 Body schemas come from the pydantic models in :mod:`.models`, so the
 document and the validation are one. Each operation lists the problem
-codes it can answer with (those that change a secret also ``Replay`` and
-``ReplayCacheFull``); the contract test drives the live API from this
+codes it can answer with (those that change a secret also ``Replay``,
+``TokenLifetimeTooLong``, ``TooManyOneTimeTokens`` and ``ReplayCacheFull``); the contract test drives the live API from this
 document and checks every answer against it.
 """
 
@@ -45,7 +45,11 @@ _PROBLEMS: Final = {
 }
 _CHANGE_PROBLEMS: Final = {
     **_PROBLEMS,
+    "401": _PROBLEMS["401"] + " TokenLifetimeTooLong: the token lives longer than "
+    "SECRETGRANTS_API_MAX_TOKEN_LIFETIME_SECONDS.",
     "403": _PROBLEMS["403"] + " Replay: this token's or DPoP proof's jti was used already.",
+    "429": "TooManyOneTimeTokens: the namespace has as many one-time identifiers remembered "
+    "as it may (Retry-After).",
     "503": "ReplayCacheFull: retry later.",
 }
 _READ_PROBLEMS: Final = {
@@ -58,6 +62,8 @@ _READ_PROBLEMS: Final = {
     "409": "Conflict: too many concurrent reads; GrantChanging: the grant's spec changed "
     "since its last decision (retry).",
     "410": "VersionDeleted or VersionDestroyed.",
+    "429": "TooManyOneTimeTokens: the namespace has as many one-time identifiers remembered "
+    "as it may (Retry-After).",
     "501": "UnsupportedOperation: the provider cannot carry out the operation.",
     "502": "ProviderUnavailable or ProviderDenied: the provider failed.",
     "503": "ReplayCacheFull: retry later.",

@@ -31,7 +31,15 @@ from secretgrants.redaction import register_secret
 from secretgrants.secrets_api.authentication import Caller
 from secretgrants.secrets_api.binding import Sender, check_sender
 from secretgrants.secrets_api.problems import Problem, from_error
-from secretgrants.secrets_api.replay import ReplayCache, issued_at, replayed, token_jti
+from secretgrants.secrets_api.replay import (
+    ReplayCache,
+    issued_at,
+    owner_of,
+    proof_until,
+    replayed,
+    token_jti,
+    token_until,
+)
 from secretgrants.uri import parse_secret_uri
 from secretgrants.uses import consume, give_back
 
@@ -111,14 +119,35 @@ def audit_fields(grant: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _replay_until(status: Mapping[str, Any], caller: Caller, proof: DPoPProof | None) -> float:
+    """How long a read's identifier is remembered: while it could be presented again.
+
+    A proof's ``jti`` past the proof's window; a token's ``jti`` until the token's own
+    expiry (plus leeway), and at least as long as the grant lives: a grant renewed
+    before the token expires must not take the token back.
+    """
+    current = time.time()
+    if proof is not None:
+        return proof_until(proof)
+    expires = _parse_expiry(status.get("expiresAt"))
+    grant_until = expires.timestamp() if expires else current
+    return max(grant_until, token_until(caller, current))
+
+
 class GrantReader:
     """Reads one grant for one authenticated caller, or raises a :class:`Problem`."""
 
-    def __init__(self, store: GrantStore, providers: Any, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: GrantStore,
+        providers: Any,
+        metrics: Metrics,
+        replays: ReplayCache | None = None,
+    ) -> None:
         self.store = store
         self.providers = providers
         self.metrics = metrics
-        self.replays = ReplayCache()
+        self.replays = replays if replays is not None else ReplayCache()
 
     async def read(
         self,
@@ -146,9 +175,10 @@ class GrantReader:
             sender = Sender(jkt=proof.jkt if proof else None, x5t_s256=certificate)
             new = check_sender(status.get("binding") or {}, sender)
             replay_key = self._replay_key(caller, namespace, name, proof)
-            expires = _parse_expiry(status.get("expiresAt"))
-            until = expires.timestamp() if expires else time.time() + 3600
-            if not self.replays.first_use(replay_key, until, issued_at=issued_at(caller, proof)):
+            until = _replay_until(status, caller, proof)
+            if not self.replays.first_use(
+                replay_key, until, owner=owner_of(caller), issued_at=issued_at(caller, proof)
+            ):
                 raise replayed()
             try:
                 updated = consume(

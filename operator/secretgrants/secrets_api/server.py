@@ -62,7 +62,12 @@ from secretgrants.secrets_api.openapi import PATHS, READ_PATH, openapi_document
 from secretgrants.secrets_api.operations import Operation, operation_for
 from secretgrants.secrets_api.problems import Problem
 from secretgrants.secrets_api.reads import GrantReader, GrantStore
-from secretgrants.secrets_api.replay import ReplayCache, use_once
+from secretgrants.secrets_api.replay import (
+    DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
+    DEFAULT_PER_OWNER,
+    ReplayCache,
+    use_once,
+)
 
 __all__ = ["APIStore", "SecretsAPI", "api_ssl_context", "settings_options"]
 
@@ -107,6 +112,8 @@ def settings_options(cfg: Any) -> dict[str, Any]:
         "access_tokens": verifier,
         "anonymous_namespace": cfg.operator_namespace,
         "client_ca": cfg.api_client_ca,
+        "one_time_quota": cfg.api_one_time_quota,
+        "max_token_lifetime": cfg.api_max_token_lifetime_seconds,
     }
 
 
@@ -218,6 +225,8 @@ class SecretsAPI:
         access_tokens: AccessTokenVerifier | None = None,
         anonymous_namespace: str = "secretgrants-system",
         client_ca: Path | None = None,
+        one_time_quota: int = DEFAULT_PER_OWNER,
+        max_token_lifetime: float = DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
     ) -> None:
         self.auditor = auditor or Auditor()
         self.metrics = metrics or Metrics()
@@ -230,7 +239,9 @@ class SecretsAPI:
             access_tokens=access_tokens,
             anonymous_namespace=anonymous_namespace,
         )
-        self.reader = GrantReader(store, providers, self.metrics)
+        self.reader = GrantReader(
+            store, providers, self.metrics, ReplayCache(per_owner=one_time_quota)
+        )
         self.manager = Manager(
             providers,
             pdp=pdp,
@@ -239,7 +250,8 @@ class SecretsAPI:
             auditor=self.auditor,
             metrics=self.metrics,
         )
-        self.management_replays = ReplayCache()
+        self.management_replays = ReplayCache(per_owner=one_time_quota)
+        self.max_token_lifetime = max_token_lifetime
         self._runner: web.AppRunner | None = None
         self.ssl_context: ssl.SSLContext | None = None  # once started
 
@@ -380,7 +392,13 @@ class SecretsAPI:
             proof = _proof(request, caller)
             call = await parse(request)
             self.auth.require_scopes(caller, [call.operation])
-            use_once(self.management_replays, caller, proof, [call.operation])
+            use_once(
+                self.management_replays,
+                caller,
+                proof,
+                [call.operation],
+                max_token_lifetime=self.max_token_lifetime,
+            )
         except Problem as problem:
             await self._audit_refusal(problem, operation.value, caller)
             raise
@@ -477,7 +495,13 @@ class SecretsAPI:
             body = await _body(request, BulkRequest)
             operations = [ManagementCall.from_bulk(item).operation for item in body.operations]
             self.auth.require_scopes(caller, operations)
-            use_once(self.management_replays, caller, proof, operations)
+            use_once(
+                self.management_replays,
+                caller,
+                proof,
+                operations,
+                max_token_lifetime=self.max_token_lifetime,
+            )
         except Problem as problem:
             await self._audit_refusal(problem, "bulk", caller)
             raise

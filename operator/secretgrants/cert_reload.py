@@ -9,7 +9,9 @@ Secrets API (connections already open keep theirs). A pair that does not load (t
 files caught mid-swap, a key that does not match) is logged and tried again at the
 next look, while the old one is served. When ``ca.crt`` changed too, ``on_new_ca``
 is called with it (the operator then updates the caBundle of the webhook
-configurations it keeps). Only mounted certificates are watched: one made at start
+configurations it keeps). Whoever needs the served certificate itself (the
+Secrets API takes the names DPoP proofs may use from it) registers with
+:meth:`CertReloader.on_new_certificate`. Only mounted certificates are watched: one made at start
 never changes.
 """
 
@@ -63,6 +65,7 @@ class CertReloader:
         self.on_new_ca = on_new_ca
         self.reloads = 0
         self._contexts: list[ssl.SSLContext] = []
+        self._listeners: list[Callable[[bytes], None]] = []
         self._pair = _digest(cert_file, key_file)
         self._ca = _digest(ca_file) if ca_file is not None else None
         self._task: asyncio.Task[None] | None = None
@@ -71,6 +74,10 @@ class CertReloader:
         """Keep ``context`` serving the current pair from now on; returns it."""
         self._contexts.append(context)
         return context
+
+    def on_new_certificate(self, listener: Callable[[bytes], None]) -> None:
+        """Call ``listener`` with the certificate PEM each time a renewed pair is loaded."""
+        self._listeners.append(listener)
 
     def check(self) -> bool:
         """Load the pair into every tracked context if the files changed; True if it did.
@@ -100,6 +107,8 @@ class CertReloader:
             for context in self._contexts:
                 context.load_cert_chain(cert_copy, key_copy)
         self._pair = pair
+        for listener in self._listeners:
+            listener(cert)
         self.reloads += 1
         log.info("serving certificate renewed: new TLS connections use %s", self.cert_file)
         return True

@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -143,12 +144,16 @@ def verify_proof(
     proof: str,
     *,
     method: str,
-    url: str,
+    url: str | Callable[[str], bool],
     access_token: str | None,
     now: float | None = None,
     max_age_seconds: int = PROOF_MAX_AGE_SECONDS,
 ) -> DPoPProof:
-    """Check a DPoP proof for this request; DPoPError says why it fails."""
+    """Check a DPoP proof for this request; DPoPError says why it fails.
+
+    ``url`` is the request's URL, or a check of ``htu`` by a server that knows its
+    own public URLs (the URL of a request is built from the client's ``Host``).
+    """
     if len(proof) > MAX_PROOF_BYTES:
         raise DPoPError("the proof is too large")
     try:
@@ -175,7 +180,10 @@ def verify_proof(
     _verify(key, alg, signature, f"{head_b64}.{claims_b64}".encode())
     if claims.get("htm") != method.upper():
         raise DPoPError("htm does not match the request method")
-    if not isinstance(claims.get("htu"), str) or normalise_htu(claims["htu"]) != normalise_htu(url):
+    htu = claims.get("htu")
+    if not isinstance(htu, str) or not (
+        url(normalise_htu(htu)) if callable(url) else normalise_htu(htu) == normalise_htu(url)
+    ):
         raise DPoPError("htu does not match the request URL")
     iat = claims.get("iat")
     current = time.time() if now is None else now

@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -126,6 +127,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("SECRETGRANTS_API_CLIENT_CA", "api_client_ca"),
         description="CA bundle for optional client certificates (mTLS) on the Secrets API; "
         "a grant read with one binds the grant to it (x5t#S256).",
+    )
+    api_public_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("SECRETGRANTS_API_PUBLIC_URLS", "api_public_urls"),
+        description="Comma-separated base URLs clients reach the Secrets API at "
+        "(https://host[:port][/prefix]; no port: any); a DPoP proof's htu must name one. "
+        "Unset: https and any DNS or IP name of the serving certificate, any port.",
     )
     api_one_time_quota: int = Field(
         default=10_000,
@@ -485,6 +493,22 @@ class Settings(BaseSettings):
     @classmethod
     def _split_mounts(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("api_public_urls", mode="before")
+    @classmethod
+    def _split_public_urls(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("api_public_urls", mode="after")
+    @classmethod
+    def _base_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query:
+                raise ValueError(
+                    f"SECRETGRANTS_API_PUBLIC_URLS: {url!r} is not https://host[:port][/prefix]"
+                )
+        return value
 
     @model_validator(mode="after")
     def _kafka_needs_brokers(self) -> Settings:

@@ -234,6 +234,8 @@ def _watch_mounted_cert(memo: kopf.Memo, cfg: Settings) -> CertReloader | None:
     for server in (memo.get("webhook"), memo.get("secrets_api")):
         if server is not None and server.ssl_context is not None:
             reloader.track(server.ssl_context)
+    if memo.get("secrets_api") is not None:  # the names a DPoP proof's htu may use
+        reloader.on_new_certificate(memo.secrets_api.origins.load_certificate)
     reloader.start()
     return reloader
 

@@ -19,6 +19,7 @@ import pytest
 
 from secretgrants.cert_reload import CertReloader
 from secretgrants.pki import CertPair, new_ca
+from secretgrants.secrets_api.origins import PublicOrigins
 from secretgrants.webhook import ServingCert
 
 
@@ -87,3 +88,21 @@ async def test_a_renewed_pair_is_served_and_a_broken_one_is_not(
     (tmp_path / "tls.crt").write_bytes(leaf_of(ca3).cert_pem)  # caught mid-swap: old key
     assert not reloader.check() and reloader.reloads == 1
     assert await handshake(port, ca2) and not await handshake(port, ca3)
+
+
+def test_the_names_of_a_renewed_certificate_reach_its_listeners(tmp_path: Path) -> None:
+    """The Secrets API accepts DPoP proofs for the names of the certificate it serves:
+    a renewal that changes them changes what it accepts."""
+    ca = new_ca("ca-1")
+    mount(tmp_path, ca, leaf_of(ca))
+    origins = PublicOrigins()
+    origins.load_certificate((tmp_path / "tls.crt").read_bytes())
+    reloader = CertReloader(tmp_path / "tls.crt", tmp_path / "tls.key")
+    reloader.on_new_certificate(origins.load_certificate)
+    path = "/api/secrets/v1/secrets"
+    assert origins.accepts("https://localhost:8443" + path, path)
+    renamed = ca.issue("api.example", dns_names=("api.example",), server=True)
+    mount(tmp_path, ca, renamed)
+    assert reloader.check()
+    assert origins.accepts("https://api.example" + path, path)
+    assert not origins.accepts("https://localhost:8443" + path, path)

@@ -331,6 +331,7 @@ async def client(store: Path, sink: MemorySink) -> AsyncIterator[TestClient[Any,
         auditor=Auditor([sink]),
         pdp=BuiltinPDP.from_yaml(yaml.safe_dump(POLICY)),
         tenants=IndexTenants({}, {}, env_tenant("t1", ["yaml://dev"])),
+        public_urls=["http://127.0.0.1"],  # served without TLS here
     )
     async with TestClient(TestServer(api.app())) as test_client:
         yield test_client

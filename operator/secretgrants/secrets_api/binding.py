@@ -18,7 +18,7 @@ the grant's life.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +41,13 @@ def _bound_key(claims: Mapping[str, Any]) -> str | None:
 
 
 def request_proof(
-    headers: Mapping[str, str], *, method: str, url: str, caller: Caller
+    headers: Mapping[str, str], *, method: str, url: str | Callable[[str], bool], caller: Caller
 ) -> DPoPProof | None:
-    """The request's verified DPoP proof; None for a request that does not use DPoP."""
+    """The request's verified DPoP proof; None for a request that does not use DPoP.
+
+    ``url``: the request's URL, or the server's check of a proof's ``htu``
+    (:meth:`.origins.PublicOrigins.for_path`).
+    """
     header = headers.get("DPoP")
     scheme = headers.get("Authorization", "").partition(" ")[0].lower()
     bound = _bound_key(caller.claims)

@@ -23,7 +23,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -60,6 +60,7 @@ from secretgrants.secrets_api.models import (
 )
 from secretgrants.secrets_api.openapi import PATHS, READ_PATH, openapi_document
 from secretgrants.secrets_api.operations import Operation, operation_for
+from secretgrants.secrets_api.origins import PublicOrigins
 from secretgrants.secrets_api.problems import Problem
 from secretgrants.secrets_api.reads import GrantReader, GrantStore
 from secretgrants.secrets_api.replay import (
@@ -112,6 +113,7 @@ def settings_options(cfg: Any) -> dict[str, Any]:
         "access_tokens": verifier,
         "anonymous_namespace": cfg.operator_namespace,
         "client_ca": cfg.api_client_ca,
+        "public_urls": cfg.api_public_urls,
         "one_time_quota": cfg.api_one_time_quota,
         "max_token_lifetime": cfg.api_max_token_lifetime_seconds,
     }
@@ -169,12 +171,6 @@ def _query_flag(request: web.Request, name: str) -> bool:
     return raw in {"true", "1"}
 
 
-def _proof(request: web.Request, caller: Caller) -> DPoPProof | None:
-    return request_proof(
-        request.headers, method=request.method, url=str(request.url), caller=caller
-    )
-
-
 def _client_certificate(request: web.Request) -> str | None:
     """The verified client certificate's ``x5t#S256``, when the client presented one."""
     transport = request.transport
@@ -227,6 +223,7 @@ class SecretsAPI:
         client_ca: Path | None = None,
         one_time_quota: int = DEFAULT_PER_OWNER,
         max_token_lifetime: float = DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
+        public_urls: Sequence[str] = (),
     ) -> None:
         self.auditor = auditor or Auditor()
         self.metrics = metrics or Metrics()
@@ -252,6 +249,7 @@ class SecretsAPI:
         )
         self.management_replays = ReplayCache(per_owner=one_time_quota)
         self.max_token_lifetime = max_token_lifetime
+        self.origins = PublicOrigins(public_urls)  # what a DPoP proof's htu may name
         self._runner: web.AppRunner | None = None
         self.ssl_context: ssl.SSLContext | None = None  # once started
 
@@ -287,6 +285,8 @@ class SecretsAPI:
 
     async def start(self, address: str, port: int, cert: Any) -> None:
         """Serve on ``address:port`` with ``cert`` (a ServingCert, or a ready SSLContext)."""
+        if not isinstance(cert, ssl.SSLContext):
+            self.origins.load_certificate(Path(cert.cert_file).read_bytes())
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         ctx = self.ssl_context = api_ssl_context(cert, self.client_ca)
@@ -300,6 +300,12 @@ class SecretsAPI:
         jwks = getattr(self.auth.access_tokens, "jwks", None)
         if isinstance(jwks, JWKSURL):
             await jwks.close()
+
+    def _proof(self, request: web.Request, caller: Caller) -> DPoPProof | None:
+        """The request's DPoP proof, its ``htu`` checked against this API's own URLs (never
+        against the URL the client's ``Host`` header makes)."""
+        check = self.origins.for_path(request.url.raw_path)
+        return request_proof(request.headers, method=request.method, url=check, caller=caller)
 
     async def _openapi(self, _: web.Request) -> web.Response:
         return web.json_response(openapi_document())
@@ -326,7 +332,7 @@ class SecretsAPI:
         try:
             caller = await self.auth.authenticate(request.headers, allow_anonymous=False)
             self.auth.require_scopes(caller, [Operation.READ])
-            proof = _proof(request, caller)
+            proof = self._proof(request, caller)
             body = await self.reader.read(
                 caller,
                 namespace,
@@ -389,7 +395,7 @@ class SecretsAPI:
         caller: Caller | None = None
         try:
             caller = await self.auth.authenticate(request.headers)
-            proof = _proof(request, caller)
+            proof = self._proof(request, caller)
             call = await parse(request)
             self.auth.require_scopes(caller, [call.operation])
             use_once(
@@ -491,7 +497,7 @@ class SecretsAPI:
         caller: Caller | None = None
         try:
             caller = await self.auth.authenticate(request.headers)
-            proof = _proof(request, caller)
+            proof = self._proof(request, caller)
             body = await _body(request, BulkRequest)
             operations = [ManagementCall.from_bulk(item).operation for item in body.operations]
             self.auth.require_scopes(caller, operations)

@@ -1,7 +1,8 @@
 """The Secrets API server: thin aiohttp routes over authentication, reads and management.
 
 Each route authenticates the caller (:mod:`.authentication`), verifies its
-DPoP proof when it uses DPoP (:func:`.binding.request_proof`), parses its
+DPoP proof when it uses DPoP (:func:`.binding.request_proof`; ``htu``
+against the API's own URLs, :mod:`.origins`), parses its
 input (400 ``InvalidRequest``), checks the scope of the operation when
 SECRETS_ENFORCE_SCOPES is on, and hands over to :class:`.reads.GrantReader`
 or :class:`.management.Manager`; a management call that changes a secret

@@ -105,6 +105,13 @@ def requested_grants(pod: Mapping[str, Any]) -> list[str]:
             )
         if name not in names:
             names.append(name)
+    if not names:  # "," or " , ": no grant named, so nothing would be checked or counted
+        raise AdmissionDenied(
+            "NoGrantsRequested",
+            f"the pod carries the label {LABEL_INJECT} but its {ANNOTATION_GRANTS} annotation "
+            "names no SecretGrantRequest (e.g. 'db-creds,api-key')",
+            code=400,
+        )
     if len(names) > MAX_GRANTS_PER_POD:
         raise AdmissionDenied(
             "TooManyGrants",

@@ -51,7 +51,9 @@ def test_requested_grants_parses_and_dedupes() -> None:
     assert requested_grants(pod) == ["db", "api-key"]
 
 
-@pytest.mark.parametrize("value", [None, "  ", "Bad_Name", ",".join(f"g{i}" for i in range(17))])
+@pytest.mark.parametrize(
+    "value", [None, "  ", ",", " , ,", "Bad_Name", ",".join(f"g{i}" for i in range(17))]
+)
 def test_requested_grants_refuses_bad_annotations(value: str | None) -> None:
     pod = a_pod({} if value is None else {"secretgrants.io/grants": value})
     with pytest.raises(AdmissionDenied) as err:

@@ -155,15 +155,24 @@ def injection_patch(
                     code=400,
                 )
 
-    if reservations:
-        value = ",".join(f"{g}={r}" for g, r in sorted(reservations.items()))
-        if not (pod.get("metadata") or {}).get("annotations"):
-            ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
-        ops.append(
-            {
-                "op": "add",
-                "path": f"/metadata/annotations/{_escape(ANNOTATION_RESERVATIONS)}",
-                "value": value,
-            }
-        )
+    ops += _reservations_ops(pod, reservations)
+    return ops
+
+
+def _reservations_ops(
+    pod: Mapping[str, Any], reservations: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """The webhook owns the reservations annotation of every pod it sees: it writes its
+    own over the author's (``add`` replaces a member), or, reserving nothing, removes
+    the author's. The validating webhook trusts the annotation as the mutating webhook
+    left it, so an id the author copied from another pod must never get through."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    path = f"/metadata/annotations/{_escape(ANNOTATION_RESERVATIONS)}"
+    if not reservations:
+        return [{"op": "remove", "path": path}] if ANNOTATION_RESERVATIONS in annotations else []
+    value = ",".join(f"{g}={r}" for g, r in sorted(reservations.items()))
+    ops: list[dict[str, Any]] = []
+    if not annotations:
+        ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
+    ops.append({"op": "add", "path": path, "value": value})
     return ops

@@ -27,6 +27,7 @@ from secretgrants.admission import (
     metered,
     pod_reservations,
     pod_service_account,
+    requested_grants,
     service_account_replaced,
     service_account_replaced_denial,
 )
@@ -51,6 +52,14 @@ def _pending(grant: Mapping[str, Any], rid: str) -> bool:
     return bool(rid) and any(r.get("id") == rid for r in reservations)
 
 
+def _requested(pod: Mapping[str, Any]) -> list[str]:
+    """The grants the pod asks the mutating webhook for; none when it could not ask."""
+    try:
+        return requested_grants(pod)
+    except AdmissionDenied:
+        return []
+
+
 def check_delivery_use(
     name: str,
     grant: Mapping[str, Any],
@@ -65,8 +74,10 @@ def check_delivery_use(
 
     The validating webhook sees the pod after the mutating webhook, in the same
     request. The pod must run as the bound ServiceAccount (name, and UID when known),
-    carry the inject label (so the mutating webhook saw it, and wrote its reservations
-    annotation over any the author wrote) and that annotation must name the grant.
+    carry the inject label (so the mutating webhook saw it), name the grant in its
+    grants annotation (so the mutating webhook checked the grant, and wrote its
+    reservations annotation over any the author wrote, or removed it) and the
+    reservations annotation must name the grant.
     For a grant with a use limit,
     the reservation id must be one the grant's status holds as pending: the mutating
     webhook reserved it moments ago (a made-up id, or the id of a pod whose use was
@@ -89,7 +100,11 @@ def check_delivery_use(
         raise service_account_replaced_denial(name, service_account, f"Secret {secret_name!r}: ")
     reservations = pod_reservations(pod)
     labels = (pod.get("metadata") or {}).get("labels") or {}
-    if name not in reservations or labels.get(LABEL_INJECT) != "true":
+    if (
+        name not in reservations
+        or labels.get(LABEL_INJECT) != "true"
+        or name not in _requested(pod)
+    ):
         raise AdmissionDenied(
             "DirectMountNotAllowed",
             f"Secret {secret_name!r} delivers SecretGrantRequest {name!r}: request it "

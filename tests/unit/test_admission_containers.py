@@ -15,7 +15,12 @@ from typing import Any
 
 import pytest
 
-from secretgrants.admission import ANNOTATION_RESERVATIONS, LABEL_INJECT, AdmissionDenied
+from secretgrants.admission import (
+    ANNOTATION_GRANTS,
+    ANNOTATION_RESERVATIONS,
+    LABEL_INJECT,
+    AdmissionDenied,
+)
 from secretgrants.audit import Auditor, MemorySink
 from secretgrants.delivery import delivery_secret_name
 from secretgrants.injection import grant_mount, injection_patch
@@ -47,7 +52,7 @@ def injected_pod(grant: dict[str, Any], sidecar: dict[str, Any] | None = None) -
         "metadata": {
             "name": "p",
             "labels": {LABEL_INJECT: "true"},
-            "annotations": {ANNOTATION_RESERVATIONS: "db=abc"},
+            "annotations": {ANNOTATION_GRANTS: "db", ANNOTATION_RESERVATIONS: "db=abc"},
         },
         "spec": {
             "serviceAccountName": "app",

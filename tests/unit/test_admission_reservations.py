@@ -7,12 +7,16 @@ label never meets the mutating webhook), over the stand-in GrantStore of
 ``test_admission_reads``. What is asserted: the validating webhook
 (``PodAdmission.validate``) accepts a grant with a use limit only with a
 reservation the grant's status holds as pending, a grant without one only while
-it is live; dry runs; a ServiceAccount re-created under the bound name; and that
-a created pod's reservations annotation cannot be changed afterwards.
+it is live, and only for a grant the pod asked the mutating webhook for; dry runs;
+a ServiceAccount re-created under the bound name; that a created pod's reservations
+annotation cannot be changed afterwards; and that another pod's pending reservation,
+copied onto pods that ask for no grant or for others, mounts nothing (the mutating
+webhook refuses an empty grants list and owns the reservations annotation).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from typing import Any
 
@@ -26,6 +30,7 @@ from secretgrants.admission import (
 )
 from secretgrants.audit import Auditor, MemorySink
 from secretgrants.grant_reads import GrantReads
+from secretgrants.injection import injection_patch
 from secretgrants.uses import settle
 from secretgrants.webhook import PodAdmission, WebhookServer, serving_cert
 from secretgrants.webhook_config import VALIDATE_PATH, validating
@@ -262,3 +267,97 @@ def test_the_apiserver_calls_the_webhook_for_reservation_edits_only() -> None:
     assert expression.count(f"'{ANNOTATION_RESERVATIONS}' in ") == 2
     assert "oldObject.metadata.annotations[" in expression
     assert edits["failurePolicy"] == "Fail" and edits["sideEffects"] == "NoneOnDryRun"
+
+
+def patched(pod: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, Any]:
+    """``pod`` with the mutating webhook's JSON Patch applied (the ``add`` and ``remove``
+    it uses: the apiserver's part between the two webhooks)."""
+    out = copy.deepcopy(pod)
+    for op in patch:
+        *parents, last = [
+            p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]
+        ]
+        target: Any = out
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        if op["op"] == "remove":
+            del target[last]
+        elif last == "-":
+            target.append(op["value"])
+        else:
+            target[last] = op["value"]
+    return out
+
+
+async def pending_id(adm: PodAdmission) -> str:
+    """The id of a use reserved for another pod, still pending (not yet confirmed): in the
+    grant's ``status.reservations`` for anyone who may read it, for the 30 s window."""
+    return reservations(await adm.mutate(a_pod(), NS, dry_run=False)).partition("=")[2]
+
+
+def replaying(rid: str, grants: str) -> dict[str, Any]:
+    """A pod that copies another pod's pending reservation of ``db`` and mounts ``db``'s
+    delivery Secret directly, asking the mutating webhook for ``grants``."""
+    pod = mounted(f"db={rid}")
+    pod["metadata"]["annotations"]["secretgrants.io/grants"] = grants
+    return pod
+
+
+@pytest.mark.parametrize("grants", [",", " , ,"])
+async def test_a_pod_that_names_no_grant_is_refused_by_the_mutating_webhook(grants: str) -> None:
+    store = CountingStore(a_grant(usesRemaining=3))
+    adm = admission(store)
+    rid = await pending_id(adm)
+    with pytest.raises(AdmissionDenied) as err:
+        await adm.mutate(replaying(rid, grants), NS, dry_run=False)
+    assert err.value.reason == "NoGrantsRequested" and err.value.code == 400
+    assert store.grants["db"]["status"]["usesConsumed"] == 1
+
+
+def test_the_mutating_webhook_removes_a_reservations_annotation_it_did_not_write() -> None:
+    pod = mounted("db=0123456789abcdef")
+    assert patched(pod, injection_patch(pod, [], {}))["metadata"]["annotations"] == {
+        "secretgrants.io/grants": "db"
+    }
+    assert not [op for op in injection_patch(a_pod(), [], {}) if "reservations" in op["path"]]
+    written = patched(pod, injection_patch(pod, [], {"api": "fedcba9876543210"}))
+    assert written["metadata"]["annotations"][ANNOTATION_RESERVATIONS] == "api=fedcba9876543210"
+
+
+@pytest.mark.parametrize("grants", [",", "api", "Bad_Name"])
+async def test_a_pending_reservation_of_a_grant_the_pod_did_not_request_is_refused(
+    grants: str,
+) -> None:
+    """The pod as the validating webhook would see it had the mutating webhook let its
+    author's annotation through: the grant is not among those it asked for, so the use
+    was not reserved for it, pending or not."""
+    store = CountingStore(a_grant(usesRemaining=3), a_grant("api"))
+    adm = admission(store)
+    rid = await pending_id(adm)
+    with pytest.raises(AdmissionDenied) as err:
+        await adm.validate(replaying(rid, grants), NS)
+    assert "instead of mounting it directly" in refused("DirectMountNotAllowed", err)
+
+
+@pytest.mark.parametrize("grants", [",", "api"])
+async def test_a_copied_pending_reservation_mounts_nothing_through_both_webhooks(
+    grants: str,
+) -> None:
+    """The attack, end to end: N pods copying one pending id, each a direct ``secret``
+    volume of ``db``'s delivery Secret, would all have been admitted for one use."""
+    store = CountingStore(a_grant(usesRemaining=3), a_grant("api"))
+    adm = admission(store)
+    rid = await pending_id(adm)
+    pod = replaying(rid, grants)
+    try:
+        pod = patched(pod, await adm.mutate(pod, NS, dry_run=False))
+    except AdmissionDenied as denied:
+        assert denied.reason == "NoGrantsRequested"
+        return
+    assert ANNOTATION_RESERVATIONS not in pod["metadata"]["annotations"] or (
+        f"db={rid}" not in pod["metadata"]["annotations"][ANNOTATION_RESERVATIONS]
+    )
+    with pytest.raises(AdmissionDenied) as err:
+        await adm.validate(pod, NS)
+    refused("DirectMountNotAllowed", err)
+    assert store.grants["db"]["status"]["usesConsumed"] == 1

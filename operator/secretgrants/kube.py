@@ -382,22 +382,32 @@ class KubeClient:
     async def list_pod_annotations(
         self, namespace: str, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
-        """Pods' metadata only (name and annotations), for reservation bookkeeping."""
-        pods = await self._call(
-            "GET",
-            f"/api/v1/namespaces/{_name(namespace)}/pods",
-            accept=f"{METADATA_LIST},application/json",
-            params={"labelSelector": label_selector} if label_selector else None,
-        )
-        return [
-            {
-                "metadata": {
-                    "name": (p.get("metadata") or {}).get("name"),
-                    "annotations": (p.get("metadata") or {}).get("annotations") or {},
+        """Pods' metadata only (name and annotations), for reservation bookkeeping, page by
+        page (a namespace of many pods is never one response held whole)."""
+        params = {"limit": str(LIST_PAGE)}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        found: list[dict[str, Any]] = []
+        while True:
+            page = await self._call(
+                "GET",
+                f"/api/v1/namespaces/{_name(namespace)}/pods",
+                accept=f"{METADATA_LIST},application/json",
+                params=params,
+            )
+            found += [
+                {
+                    "metadata": {
+                        "name": (p.get("metadata") or {}).get("name"),
+                        "annotations": (p.get("metadata") or {}).get("annotations") or {},
+                    }
                 }
-            }
-            for p in pods.get("items") or []
-        ]
+                for p in page.get("items") or []
+            ]
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                return found
+            params["continue"] = str(cont)
 
     async def list_pod_metadata(
         self, namespace: str | None, label_selector: str

@@ -224,10 +224,22 @@ async def test_pods_are_listed_as_metadata_only(api: StubAPI, kube: KubeClient) 
         {"metadata": {"name": "p2", "annotations": {}}},
     ]
     seen = api.seen[-1]
-    assert seen.query == {"labelSelector": "secretgrants.io/inject=true"}
+    assert seen.query == {"labelSelector": "secretgrants.io/inject=true", "limit": "500"}
     assert seen.headers["Accept"].startswith("application/json;as=PartialObjectMetadataList")
     assert len(await kube.list_pod_annotations("ns")) == 2
-    assert api.seen[-1].query == {}  # every pod of the namespace
+    assert api.seen[-1].query == {"limit": "500"}  # every pod of the namespace
+
+
+async def test_a_namespaces_pods_are_listed_page_by_page(api: StubAPI, kube: KubeClient) -> None:
+    first = {"metadata": {"continue": "next"}, "items": [{"metadata": {"name": "p1"}}]}
+    last = {"metadata": {}, "items": [{"metadata": {"name": "p2"}}]}
+    api.on("GET", "/api/v1/namespaces/ns/pods", (200, first), (200, last))
+    found = await kube.list_pod_annotations("ns")
+    assert [p["metadata"]["name"] for p in found] == ["p1", "p2"]
+    assert [(s.query.get("limit"), s.query.get("continue")) for s in api.seen] == [
+        ("500", None),
+        ("500", "next"),
+    ]
 
 
 async def test_labelled_pods_are_listed_page_by_page_and_watched_from_the_list(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -47,10 +48,12 @@ __all__ = [
     "check_reservations_kept",
     "delivered_secret",
     "metered",
+    "new_reservation_id",
     "pod_reservations",
     "pod_service_account",
     "requested_grants",
     "reservation_ids",
+    "reservations_claimed",
     "service_account_replaced",
     "service_account_replaced_denial",
 ]
@@ -61,6 +64,9 @@ ANNOTATION_RESERVATIONS = f"{GROUP}/reservations"
 DRY_RUN_RESERVATION = "dry-run"  # the id a dry run writes: nothing is reserved
 MAX_GRANTS_PER_POD = 16
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_RESERVATION_ID = re.compile(r"^[0-9a-f]{16}$")  # what ``new_reservation_id`` makes
+# The longest reservations annotation the mutating webhook writes: one "grant=id" per grant.
+MAX_RESERVATIONS_LENGTH = MAX_GRANTS_PER_POD * (253 + 1 + 16 + 1)
 
 
 class AdmissionDenied(Exception):
@@ -255,6 +261,30 @@ def pod_reservations(pod: Mapping[str, Any]) -> dict[str, str]:
         name, _, rid = part.partition("=")
         if name.strip():
             found.setdefault(name.strip(), rid.strip())
+    return found
+
+
+def new_reservation_id() -> str:
+    """The id of one reserved use: 16 lowercase hex digits (64 random bits)."""
+    return uuid.uuid4().hex[:16]
+
+
+def reservations_claimed(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (grant, reservation id) pairs a pod's reservations annotation claims, as the
+    mutating webhook writes them: grant names that are object names, ids of the form
+    ``new_reservation_id`` makes, at most ``MAX_GRANTS_PER_POD``. An annotation longer
+    than the webhook ever writes claims nothing: whoever writes one, it was not the
+    webhook (the pod's author, on a pod labelled after creation), and the operator never
+    spends memory on it."""
+    raw = _reservations_annotation({"metadata": metadata})
+    if not raw or len(raw) > MAX_RESERVATIONS_LENGTH:
+        return []
+    found: list[tuple[str, str]] = []
+    for part in raw.split(",", MAX_GRANTS_PER_POD)[:MAX_GRANTS_PER_POD]:
+        name, _, rid = part.partition("=")
+        name, rid = name.strip(), rid.strip()
+        if _NAME.match(name) and _RESERVATION_ID.match(rid):
+            found.append((name, rid))
     return found
 
 

@@ -161,8 +161,16 @@ class Tending:
         spec: Mapping[str, Any],
         status: Mapping[str, Any],
     ) -> None:
-        """A watch event (or the initial listing): schedule a live grant, forget the rest."""
+        """A watch event (or the initial listing): schedule a live grant, forget the rest;
+        the pod watch expects the pending reservations of any grant (``pod_uses``)."""
         key = (namespace, name)
+        expectations = self._memo.get("seen_uses")
+        if expectations is not None:
+            if type_ == "DELETED":
+                expectations.gone(namespace, name)
+            else:
+                reservations = status.get("reservations") or []
+                expectations.observe(namespace, name, [str(r.get("id")) for r in reservations])
         if type_ == "DELETED" or status.get("phase") not in LIVE_PHASES:
             self._live.pop(key, None)
             self._given_up.pop(key, None)

@@ -11,7 +11,7 @@ is the two together.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from secretgrants.admission import AdmissionDenied, pod_service_account
@@ -20,7 +20,7 @@ from secretgrants.audit import Effect as AuditEffect
 from secretgrants.grant_reads import GrantReads
 from secretgrants.metrics import Metrics
 
-__all__ = ["GrantStore", "PodAdmissionBase"]
+__all__ = ["Expectations", "GrantStore", "PodAdmissionBase"]
 
 
 class GrantStore(Protocol):
@@ -33,6 +33,15 @@ class GrantStore(Protocol):
     ) -> dict[str, Any] | None: ...
 
     async def list_grants(self, namespace: str) -> list[dict[str, Any]]: ...
+
+
+class Expectations(Protocol):
+    """Where the reservations the webhook makes are expected on pods (``pod_uses.SeenUses``):
+    the operator's pod watch records an id only once it is expected."""
+
+    def expect(self, namespace: str, grant: str, rid: str) -> None: ...
+
+    def forget(self, namespace: str, grant: str, ids: Iterable[str]) -> None: ...
 
 
 class PodAdmissionBase:
@@ -48,8 +57,12 @@ class PodAdmissionBase:
         renew: Callable[[str, str], Awaitable[bool]] | None = None,
         reads: GrantReads | None = None,
         service_account_uid: Callable[[str, str], str | None] | None = None,
+        expectations: Expectations | None = None,
     ) -> None:
         self.store = store
+        # Told of each use reserved (and given back), so the pod watch knows the ids to
+        # record; None: no pod watch (tests, or the webhook served elsewhere).
+        self.expectations = expectations
         # The UID of a ServiceAccount (namespace, name) as the operator's watch knows it,
         # None when it does not (yet): a grant bound to another UID is refused.
         self.service_account_uid = service_account_uid

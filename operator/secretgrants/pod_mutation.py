@@ -13,7 +13,6 @@ import asyncio
 import datetime as dt
 import logging
 import random
-import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -23,6 +22,7 @@ from secretgrants.admission import (
     admits,
     check_grant_for_pod,
     metered,
+    new_reservation_id,
     pod_service_account,
     requested_grants,
     service_account_replaced,
@@ -118,13 +118,18 @@ class PodMutation(PodAdmissionBase):
         injected: dict[str, str] = {}
         try:
             for name in names:
-                rid = uuid.uuid4().hex[:16]
+                rid = new_reservation_id()
                 injected[name] = rid
                 if not metered(grants[name]):
                     continue  # no use limit: nothing to count, no write (the pod is audited)
                 await self._reserve(namespace, name, rid, service_account, correlation_id)
                 reserved[name] = rid
+                if self.expectations is not None:  # before the pod exists: the watch records it
+                    self.expectations.expect(namespace, name, rid)
         except BaseException:
+            if self.expectations is not None:
+                for name, rid in reserved.items():
+                    self.expectations.forget(namespace, name, {rid})
             await asyncio.shield(self._release_all(namespace, reserved))
             raise
         return injection_patch(pod, mounts, injected)

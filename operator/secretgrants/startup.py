@@ -150,6 +150,9 @@ async def assemble(memo: kopf.Memo, cfg: Settings, indexes: Mapping[str, Any]) -
         "service_accounts": indexes["service_accounts"],
     }
     memo.grant_locks = GrantLocks()  # every writer of a grant's decision state takes its lock
+    memo.seen_uses = memo.pod_watch = None
+    if cfg.webhook_enabled:  # the reservation ids the pod watch records: see ``pod_uses``
+        memo.seen_uses = SeenUses(KEEP_WINDOWS * cfg.reservation_window_seconds)
     memo.admission = PodAdmission(
         memo.front,
         audience=cfg.secrets_audience,
@@ -160,6 +163,7 @@ async def assemble(memo: kopf.Memo, cfg: Settings, indexes: Mapping[str, Any]) -
         # A ServiceAccount re-created under the bound name is refused before the
         # revocation that follows it (the same index the binding checks read).
         service_account_uid=lambda namespace, name: indexed_uid(memo, namespace, name),
+        expectations=memo.seen_uses,  # each use reserved is expected on a pod
     )
     memo.webhook = None
     service_dns = f"{cfg.webhook_service}.{cfg.operator_namespace}.svc"
@@ -196,9 +200,7 @@ async def assemble(memo: kopf.Memo, cfg: Settings, indexes: Mapping[str, Any]) -
         memo, indexes, authorize_and_deliver, recheck_interval=cfg.recheck_interval_seconds
     )
     memo.tending.scheduler.start()
-    memo.seen_uses = memo.pod_watch = None
-    if cfg.webhook_enabled:  # the pods the webhook counts uses for: see ``pod_uses``
-        memo.seen_uses = SeenUses(KEEP_WINDOWS * cfg.reservation_window_seconds)
+    if memo.seen_uses is not None:  # the pods the webhook counts uses for: see ``pod_uses``
         memo.pod_watch = PodWatch(
             memo.kube, memo.seen_uses, namespace=cfg.namespace, metrics=memo.metrics
         )

@@ -111,8 +111,10 @@ def settle(
     window: dt.timedelta,
     generation: int | None,
     at: dt.datetime | None = None,
+    give_back: bool = True,
 ) -> dict[str, Any] | None:
-    """Confirm reservations that created pods carry; release those older than ``window``.
+    """Confirm reservations that created pods carry; release those older than ``window``
+    (unless ``give_back`` is False: then they stay pending).
 
     Returns the new status, or None when nothing changes.
     """
@@ -121,7 +123,7 @@ def settle(
     if not pending:
         return None
     confirmed = {r["id"] for r in pending if r.get("id") in seen}
-    stale = unclaimed(status, seen, window=window, at=at)
+    stale = unclaimed(status, seen, window=window, at=at) if give_back else set()
     if not confirmed and not stale:
         return None
     out = release(status, stale, generation=generation, at=at)

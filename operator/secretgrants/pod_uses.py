@@ -7,11 +7,14 @@ no pod carried within the window (a later admission step refused the pod). Looki
 pods only when settling (a list every 2 s) missed a pod deleted in between, and gave
 its use back. So one watch of the pods with the inject label (the mutating webhook's
 objectSelector; the validating webhook requires it on a pod with reservations) records
-every reservation id it sees on a created pod (:class:`SeenUses`, in memory, bounded),
-and settling confirms from that record, with no API list per look. Before a use is
-given back, the namespace's pods (all of them: a label can be taken off) are still
-listed once, for what the watch missed (pods created and gone while it relisted after
-a 410 Gone). While the watch is not in sync, settling lists every time.
+the reservation ids the operator expects that it sees on a created pod
+(:class:`SeenUses`, in memory: only ids the webhook reserved or a grant's status holds
+pending, so what a pod's author writes costs no memory), and settling confirms from
+that record, with no API list per look. Before a use is given back, the namespace's
+pods (all of them: a label can be taken off) are still listed once, for what the watch
+missed (pods created and gone while it relisted after a 410 Gone). While the watch is
+not in sync, settling lists every time, and gives nothing back (the resumed watch
+replays what it missed) for up to ``HOLD_WINDOWS`` windows.
 """
 
 from __future__ import annotations

@@ -307,6 +307,32 @@ def test_a_use_counted_for_a_pod_refused_later_is_given_back(
     eventually(released, timeout=30)
 
 
+def test_a_pending_reservation_copied_onto_pods_that_name_no_grant_mounts_nothing(
+    cluster: Cluster, ready_namespace: str, operator: OperatorProcess
+) -> None:
+    """A pod refused after our mutating webhook leaves its use pending for the window,
+    readable in the grant's status: pods that copy that id, name no grant (","), and
+    mount the delivery Secret directly are refused, and nothing more is counted."""
+    ns = ready_namespace
+    secret = granted(cluster, ns, maxUses=3)["status"]["delivery"]["secretName"]
+    other = granted(cluster, ns, "theirs", "vault+kv2://secret/e2e-other/db", sa="other")
+    stolen = [
+        {"name": "stolen", "secret": {"secretName": other["status"]["delivery"]["secretName"]}}
+    ]
+    ok, err = create_pod(cluster, ns, pod("refused", volumes=stolen))
+    assert not ok and "bound to another ServiceAccount" in err
+    (pending,) = get(cluster, "sgr", "db", ns)["status"]["reservations"]
+    direct = [{"name": "copied", "secret": {"secretName": secret}}]
+    for i in range(3):
+        body = pod(f"copy-{i}", grants=",", volumes=direct)
+        body["metadata"]["annotations"]["secretgrants.io/reservations"] = f"db={pending['id']}"
+        ok, err = create_pod(cluster, ns, body)
+        assert not ok and "(NoGrantsRequested)" in err, err
+    assert get(cluster, "sgr", "db", ns)["status"]["usesConsumed"] == 1  # the refused pod's
+    admitted = [e for e in operator.audit_events() if e.get("type") == "pod_admitted"]
+    assert not [e for e in admitted if str(e.get("pod")).startswith("copy-")]
+
+
 def test_a_pod_gone_at_once_keeps_its_use(
     cluster: Cluster, ready_namespace: str, operator: OperatorProcess, core: Any
 ) -> None:

@@ -19,7 +19,10 @@ certificate), the first read binds the grant to it (mTLS). Refusals raise
 on 409 (a grant being decided again, or contended), 502 and 503 only, and only
 for calls that change nothing (grant reads, whose failed use is not counted,
 metadata, keys, versions): a write that failed with a 502 may have reached the
-provider, so a retry could write twice. Values are returned, never logged.
+provider, so a retry could write twice. A 429 (the caller's namespace holds too
+many one-time identifiers) is refused before anything is done, so every call waits
+its ``Retry-After`` and tries again, when that is at most ``max_retry_after``
+seconds. Values are returned, never logged.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = ["SecretsAPIError", "SecretsClient"]
 
 READ = READ_PATH
 RETRY_STATUSES = frozenset({409, 502, 503})
+TOO_MANY = 429  # refused before the call did anything: any call may try again
 
 
 class SecretsAPIError(Exception):
@@ -63,6 +67,7 @@ class SecretsClient(ManagementMethods):
         verify: str | bool | ssl.SSLContext = True,
         retries: int = 3,
         backoff_seconds: float = 0.2,
+        max_retry_after: float = 10.0,
         timeout: float = 5.0,
         cert: tuple[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
@@ -76,6 +81,7 @@ class SecretsClient(ManagementMethods):
         self.key = dpop_key or (ec.generate_private_key(ec.SECP256R1()) if dpop else None)
         self.retries = retries
         self.backoff_seconds = backoff_seconds
+        self.max_retry_after = max_retry_after
         tls: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
         )
@@ -116,7 +122,7 @@ class SecretsClient(ManagementMethods):
     ) -> Any:
         """The JSON answer of one call; a fresh token (and proof) per attempt."""
         url = self.base_url + path
-        for attempt in range(self.retries + 1 if retry else 1):
+        for attempt in range(self.retries + 1):
             token = self.token()
             headers = {"Accept": "application/json"}
             if self.key is not None:
@@ -127,11 +133,24 @@ class SecretsClient(ManagementMethods):
             response = self._http.request(method, url, params=params, json=body, headers=headers)
             if response.status_code == 200:
                 return response.json()
-            if retry and response.status_code in RETRY_STATUSES and attempt < self.retries:
+            last = attempt == self.retries
+            if retry and response.status_code in RETRY_STATUSES and not last:
                 time.sleep(self.backoff_seconds * 2**attempt)
+                continue
+            wait = _retry_after(response) if response.status_code == TOO_MANY else None
+            if wait is not None and wait <= self.max_retry_after and not last:
+                time.sleep(wait)
                 continue
             raise _error(response)
         raise AssertionError("unreachable")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` seconds of an answer (the API sends whole seconds), if any."""
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:
+        return None
 
 
 def _error(response: httpx.Response) -> SecretsAPIError:

@@ -38,15 +38,19 @@ def test_paths_and_read_only_ops_are_the_servers() -> None:
 class Script:
     """Answers in order (the last one repeats), and the requests seen."""
 
-    def __init__(self, *answers: tuple[int, dict[str, Any]]) -> None:
+    def __init__(self, *answers: tuple[int, dict[str, Any]], retry_after: str | None = None):
         self.answers = iter(itertools.chain(answers, itertools.repeat(answers[-1])))
         self.requests: list[httpx.Request] = []
+        self.retry_after = retry_after  # sent with every answer that is not a 200
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         status, body = next(self.answers)
         kind = "application/json" if status == 200 else "application/problem+json"
-        return httpx.Response(status, json=body, headers={"Content-Type": kind})
+        headers = {"Content-Type": kind}
+        if status != 200 and self.retry_after is not None:
+            headers["Retry-After"] = self.retry_after
+        return httpx.Response(status, json=body, headers=headers)
 
 
 def tokens() -> Callable[[], str]:
@@ -176,6 +180,30 @@ def test_only_calls_that_change_nothing_are_retried(status: int) -> None:
         lambda c: c.bulk([{"op": "metadata", "uri": URI}, {"op": "keys", "uri": URI}]),
     ]:
         assert sent(reads) == 3
+
+
+def test_too_many_one_time_tokens_waits_its_retry_after_for_any_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 429 is refused before anything was done, so a write may be tried again too;
+    a Retry-After longer than the client will wait raises at once."""
+    slept: list[float] = []
+    monkeypatch.setattr("secretgrants.client.time.sleep", slept.append)
+    busy = problem(429, "TooManyOneTimeTokens")
+    quick = Script(busy, (200, {"decisionId": "d1"}), retry_after="1")
+    with SecretsClient(BASE, token=tokens(), transport=httpx.MockTransport(quick)) as c:
+        c.write(URI, {"k": "v"})
+    assert len(quick.requests) == 2 and slept == [1.0]
+
+    slow = Script(busy, (200, {"decisionId": "d1"}), retry_after="3600")
+    with SecretsClient(BASE, token=tokens(), transport=httpx.MockTransport(slow)) as c:
+        with pytest.raises(SecretsAPIError) as err:
+            c.write(URI, {"k": "v"})
+    assert (err.value.status, err.value.code, len(slow.requests)) == (
+        429,
+        "TooManyOneTimeTokens",
+        1,
+    )
 
 
 def test_no_retry_on_other_errors(client: SecretsClient, script: Script) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from secretgrants.settings import Settings
 from tests.conftest import REPO, SECRET_VALUE, Cluster, OperatorProcess
 from tests.e2e.conftest import (
     OPERATOR_NS,
@@ -332,3 +333,19 @@ def test_helm_vault_ca_from_a_secret() -> None:
         "secretName": "vault-ca",
         "items": [{"key": "ca.crt", "path": "ca.crt"}],
     }
+
+
+def test_helm_secrets_api_public_urls_reach_the_operator_settings() -> None:
+    """The URLs a DPoP proof's htu may name are a list value, read back by the operator as
+    the list it was given; unset, the variable is absent (the certificate's names count)."""
+    urls = ["https://api.example.com", "https://api.example.com:8443/sg"]
+
+    def env(*values: str) -> dict[str, str | None]:
+        pod = _rendered_pod(*values)
+        return {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+
+    assert "SECRETGRANTS_API_PUBLIC_URLS" not in env()
+    rendered_urls = env(f"secretsApi.publicURLs={{{','.join(urls)}}}")[
+        "SECRETGRANTS_API_PUBLIC_URLS"
+    ]
+    assert Settings(SECRETGRANTS_API_PUBLIC_URLS=rendered_urls).api_public_urls == urls

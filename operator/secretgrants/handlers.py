@@ -38,7 +38,12 @@ from secretgrants.lifecycle import (
     secret_of,
 )
 from secretgrants.reasons import ConditionType, Phase
-from secretgrants.reconcile import audit, authorize_and_deliver, withdraw_delivery
+from secretgrants.reconcile import (
+    audit,
+    authorize_and_deliver,
+    delivery_moved,
+    withdraw_delivery,
+)
 from secretgrants.serial import RENEWABLE_PHASES
 from secretgrants.settings import Settings
 from secretgrants.startup import assemble, close, tune_kopf
@@ -209,7 +214,7 @@ async def _decide(
         generation=generation,
         status=current,
     )
-    if not result.permitted:
+    if not result.permitted or delivery_moved(current, result.status):
         await withdraw_delivery(memo, namespace, name, current)
     grant_span.set(phase=result.status.get("phase"))
     return result.status, result.retry_reason

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -57,10 +58,19 @@ from secretgrants.settings import Settings
 __all__ = ["audit", "authorize_and_deliver", "indexed_uid", "withdraw_delivery"]
 
 
+def delivery_moved(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """The new decision no longer delivers through the Secret the previous one wrote
+    (a spec changed from Volume to Api delivery): that Secret must not keep the value,
+    since no live grant claims it and the validating webhook would not guard it."""
+    previous = (before.get("delivery") or {}).get("secretName")
+    return bool(previous) and previous != (after.get("delivery") or {}).get("secretName")
+
+
 async def withdraw_delivery(
     memo: kopf.Memo, namespace: str, name: str, status: dict[str, Any]
 ) -> None:
-    """A changed spec that is no longer permitted takes the delivered value back at once."""
+    """A changed spec that is no longer permitted, or no longer delivered through the
+    Secret, takes the delivered value back at once."""
     if status.get("phase") in LIVE_PHASES:
         await memo.kube.blank_secret(
             namespace, secret_of(name, status), {ANNOTATION_STATE: "withdrawn"}

@@ -322,9 +322,9 @@ def sink() -> MemorySink:
     return MemorySink()
 
 
-@pytest.fixture
-async def client(store: Path, sink: MemorySink) -> AsyncIterator[TestClient[Any, Any]]:
-    api = SecretsAPI(
+def secrets_api(store: Path, sink: MemorySink, **options: Any) -> SecretsAPI:
+    """The API over the YAML store, every caller authenticated, audited into ``sink``."""
+    return SecretsAPI(
         ReviewAll(),
         ProviderRegistry({"yaml": YAMLFileProvider(store, dev_mode=True)}),
         audience="crud.secrets",
@@ -332,8 +332,13 @@ async def client(store: Path, sink: MemorySink) -> AsyncIterator[TestClient[Any,
         pdp=BuiltinPDP.from_yaml(yaml.safe_dump(POLICY)),
         tenants=IndexTenants({}, {}, env_tenant("t1", ["yaml://dev"])),
         public_urls=["http://127.0.0.1"],  # served without TLS here
+        **options,
     )
-    async with TestClient(TestServer(api.app())) as test_client:
+
+
+@pytest.fixture
+async def client(store: Path, sink: MemorySink) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(secrets_api(store, sink).app())) as test_client:
         yield test_client
 
 
@@ -428,14 +433,7 @@ async def test_serving_begins_only_when_every_identifier_it_accepts_is_from_afte
 ) -> None:
     """A token from the second the process started in is refused; serving waits for the
     next whole second, so a client can only ever send identifiers issued after the start."""
-    api = SecretsAPI(
-        ReviewAll(),
-        ProviderRegistry({"yaml": YAMLFileProvider(store, dev_mode=True)}),
-        audience="crud.secrets",
-        auditor=Auditor([sink]),
-        pdp=BuiltinPDP.from_yaml(yaml.safe_dump(POLICY)),
-        tenants=IndexTenants({}, {}, env_tenant("t1", ["yaml://dev"])),
-    )
+    api = secrets_api(store, sink)
     ready = max(api.reader.replays.not_before, api.management_replays.not_before)
     async with TestClient(TestServer(api.app())) as test_client:
         assert time.time() >= ready
@@ -446,15 +444,7 @@ async def test_serving_begins_only_when_every_identifier_it_accepts_is_from_afte
 async def test_past_its_quota_a_namespace_is_told_when_to_retry(
     store: Path, sink: MemorySink
 ) -> None:
-    api = SecretsAPI(
-        ReviewAll(),
-        ProviderRegistry({"yaml": YAMLFileProvider(store, dev_mode=True)}),
-        audience="crud.secrets",
-        auditor=Auditor([sink]),
-        pdp=BuiltinPDP.from_yaml(yaml.safe_dump(POLICY)),
-        tenants=IndexTenants({}, {}, env_tenant("t1", ["yaml://dev"])),
-        one_time_quota=2,
-    )
+    api = secrets_api(store, sink, one_time_quota=2)
     async with TestClient(TestServer(api.app())) as test_client:
         for value in ("one", "two"):
             assert (await write(test_client, token(), value))[0] == 200
